@@ -1,0 +1,60 @@
+"""A number with its unit and where it comes from.
+
+Every figure hal reports says how it is known, because a capability is only useful if a
+reader can tell a measurement from a datasheet claim from a derivation:
+
+- ``measured`` or ``measured:<how>``: read off this machine (a benchmark, NVML, /proc).
+- ``derived:<formula>``: computed from other figures; the formula is written out.
+- ``datasheet:<document>``: a vendor's published figure.
+- ``paper:<citation>``: a figure from the literature (device physics of emulators).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SOURCE_KINDS = ("measured", "derived", "datasheet", "paper")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A numeric figure: ``value`` in ``unit``, with its provenance in ``source``."""
+
+    value: float
+    unit: str
+    source: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        kind = self.source.split(":", 1)[0]
+        if kind not in SOURCE_KINDS:
+            raise ValueError(
+                f"figure source {self.source!r} must start with one of {', '.join(SOURCE_KINDS)} "
+                "(e.g. 'datasheet:NVIDIA H100 datasheet 2023', 'derived:sm_count * clock_hz * flops_per_clock')"
+            )
+        if kind in ("derived", "datasheet", "paper") and not self.source.split(":", 1)[1:]:
+            raise ValueError(f"figure source {self.source!r} must say which formula/document/paper after the colon")
+
+    @classmethod
+    def measured(cls, value: float, unit: str, how: str = "", note: str = "") -> Figure:
+        return cls(value, unit, f"measured:{how}" if how else "measured", note)
+
+    @classmethod
+    def derived(cls, value: float, unit: str, formula: str, note: str = "") -> Figure:
+        return cls(value, unit, f"derived:{formula}", note)
+
+    @classmethod
+    def datasheet(cls, value: float, unit: str, document: str, note: str = "") -> Figure:
+        return cls(value, unit, f"datasheet:{document}", note)
+
+    @classmethod
+    def paper(cls, value: float, unit: str, citation: str, note: str = "") -> Figure:
+        return cls(value, unit, f"paper:{citation}", note)
+
+    @property
+    def kind(self) -> str:
+        """measured, derived, datasheet or paper."""
+        return self.source.split(":", 1)[0]
+
+    def __str__(self) -> str:
+        return f"{self.value:.4g} {self.unit}"

@@ -1,0 +1,1 @@
+"""One subpackage per device family; each registers its Device class under the ``hal.drivers`` entry points."""
