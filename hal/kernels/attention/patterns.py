@@ -28,14 +28,14 @@ def _fingerprint(t: torch.Tensor) -> tuple:
     return (tuple(data.shape), str(data.dtype), digest)
 
 
-def _shift_slots(e: Expr, offset: int) -> Expr:
+def shift_slots(e: Expr, offset: int) -> Expr:
     if offset == 0:
         return e
     if e.op == "load":
-        return load(e.args[0] + offset, _shift_slots(e.args[1], offset), e.kind)
+        return load(e.args[0] + offset, shift_slots(e.args[1], offset), e.kind)
     if e.op in ("var", "const"):
         return e
-    args = tuple(_shift_slots(a, offset) for a in e.args)
+    args = tuple(shift_slots(a, offset) for a in e.args)
     if e.op == "where":
         return where(*args)
     if len(args) == 2:
@@ -85,7 +85,7 @@ class Pattern:
     def _combine(self, other: "Pattern", op: str, sym: str) -> "Pattern":
         if not isinstance(other, Pattern):
             raise PatternError(f"patterns combine with other patterns only, not {type(other).__name__}")
-        shifted = _shift_slots(other.mask, len(self.tensors))
+        shifted = shift_slots(other.mask, len(self.tensors))
         return Pattern(binary(op, self.mask, shifted), self.tensors + other.tensors, f"({self.name} {sym} {other.name})")
 
     def __and__(self, other: "Pattern") -> "Pattern":
@@ -133,7 +133,7 @@ class ScoreMod:
         if not isinstance(other, ScoreMod):
             raise PatternError(f"score mods chain with other score mods only, not {type(other).__name__}")
         inner = self.score
-        outer = _substitute_score(_shift_slots(other.score, len(self.tensors)), inner)
+        outer = _substitute_score(shift_slots(other.score, len(self.tensors)), inner)
         return ScoreMod(outer, self.tensors + other.tensors, f"({self.name} >> {other.name})")
 
     def __repr__(self) -> str:

@@ -1,0 +1,255 @@
+"""The compiled attention kernel: launches the generated Triton kernels, autotunes tiles, wires up autograd."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from . import configs as cfg
+from .blockmap import BlockMap, BlockMapCache, TileLists
+from .codegen import load_module, module_source
+from .expr import PatternError
+from .patterns import Pattern, ScoreMod, shift_slots, from_mask_mod, from_score_mod, full
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class AttentionKernel:
+    """Fused attention for one pattern / score modification, head dimension and dtype.
+
+    Call it as ``kernel(q, k, v, scale=None, return_lse=False)`` with ``q`` of shape ``(B, H, S_q, D)`` and ``k``,
+    ``v`` of shape ``(B, H_kv, S_kv, D)`` where ``H_kv`` divides ``H`` (GQA / MQA). Autograd works through it.
+    Block maps and autotuned tile choices are cached per input shape.
+    """
+
+    def __init__(self, pattern: Pattern, score_mod: ScoreMod | None, head_dim: int, dtype: torch.dtype,
+                 arch: str | None) -> None:
+        self.pattern = pattern
+        self.score_mod = score_mod
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.arch = arch
+        score_expr = None
+        if score_mod is not None:
+            score_expr = shift_slots(score_mod.score, len(pattern.tensors))
+        n_tensors = len(pattern.tensors) + (len(score_mod.tensors) if score_mod else 0)
+        self.source = module_source(pattern.mask, score_expr, n_tensors)
+        self.module = load_module(self.source)
+        self.block_maps = BlockMapCache()
+        self._tuned: dict[tuple, tuple[cfg.TileConfig, cfg.TileConfig, cfg.TileConfig]] = {}
+
+    # ------------------------------------------------------------------------------------------------ public
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                 return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self._check(q, k, v)
+        scale = self.head_dim ** -0.5 if scale is None else float(scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be positive and finite, got {scale}")
+        out, lse = _AttentionFunction.apply(q, k, v, self, scale)
+        return (out, lse) if return_lse else out
+
+    def configs_for(self, q: torch.Tensor, k: torch.Tensor) -> tuple[cfg.TileConfig, cfg.TileConfig, cfg.TileConfig]:
+        """The (forward, dK/dV, dQ) tile configs used for these shapes (autotuned on first use on a GPU)."""
+        key = (tuple(q.shape), tuple(k.shape), str(q.device))
+        if key not in self._tuned:
+            self._tuned[key] = self._autotune(q, k)
+        return self._tuned[key]
+
+    def block_map(self, q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: int) -> BlockMap:
+        batch, heads, seq_q, _ = q.shape
+        return self.block_maps.get(self.pattern, batch, heads, seq_q, k.shape[2], block_m, block_n, q.device)
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def _check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.dim() != 4:
+                raise ValueError(f"{name} must be (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
+            if t.dtype != self.dtype:
+                raise ValueError(f"{name} is {t.dtype} but this kernel was compiled for {self.dtype}; "
+                                 f"convert it or compile_attention(..., dtype={t.dtype})")
+            if t.shape[-1] != self.head_dim:
+                raise ValueError(f"{name} has head_dim {t.shape[-1]} but this kernel was compiled for "
+                                 f"{self.head_dim}")
+            if t.device != q.device:
+                raise ValueError(f"q, k, v must be on one device; {name} is on {t.device}, q on {q.device}")
+        if k.shape != v.shape:
+            raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        if k.shape[0] != q.shape[0]:
+            raise ValueError(f"batch of q ({q.shape[0]}) and k ({k.shape[0]}) differ")
+        if q.shape[1] % k.shape[1]:
+            raise ValueError(f"q has {q.shape[1]} heads, k/v {k.shape[1]}: the KV heads must divide the query heads "
+                             "(GQA/MQA)")
+        if min(q.shape[2], k.shape[2]) == 0:
+            raise ValueError("empty sequence: q and k need at least one position")
+        if q.device.type != "cuda" and not cfg.interpreting():
+            raise RuntimeError(f"the Triton attention kernel runs on a CUDA GPU (got a tensor on {q.device}); on a CPU "
+                               "set TRITON_INTERPRET=1 before importing triton, or use "
+                               "hal.kernels.attention.reference.attention_reference")
+
+    # ------------------------------------------------------------------------------------------------ tuning
+    def _arch(self, device: torch.device) -> cfg.ArchConfigs:
+        name = self.arch or cfg.detect_arch(device)
+        if name not in cfg.ARCHITECTURES:
+            raise ValueError(f"unknown arch {name!r}; choose one of {sorted(cfg.ARCHITECTURES)}")
+        return cfg.ARCHITECTURES[name]
+
+    def _autotune(self, q: torch.Tensor, k: torch.Tensor):
+        arch = self._arch(q.device)
+        fwd, dkdv, dq = (arch.forward[self.head_dim], arch.backward_dkdv[self.head_dim],
+                         arch.backward_dq[self.head_dim])
+        if q.device.type != "cuda" or (len(fwd) == len(dkdv) == len(dq) == 1):
+            return fwd[0], dkdv[0], dq[0]
+        import triton.testing
+
+        gen = torch.Generator(device=q.device).manual_seed(0)
+        qs = torch.randn(q.shape, generator=gen, device=q.device, dtype=q.dtype)
+        ks = torch.randn(k.shape, generator=gen, device=q.device, dtype=q.dtype)
+        vs = torch.randn(k.shape, generator=gen, device=q.device, dtype=q.dtype)
+        scale = self.head_dim ** -0.5
+
+        def best(candidates, run):
+            if len(candidates) == 1:
+                return candidates[0]
+            times = [triton.testing.do_bench(lambda c=c: run(c), warmup=5, rep=25, return_mode="median")
+                     for c in candidates]
+            return candidates[min(range(len(times)), key=times.__getitem__)]
+
+        f = best(fwd, lambda c: self.forward(qs, ks, vs, scale, c))
+        out, lse = self.forward(qs, ks, vs, scale, f)
+        do = torch.randn(q.shape, generator=gen, device=q.device, dtype=q.dtype)
+        delta = (out.float() * do.float()).sum(-1)
+        b1 = best(dkdv, lambda c: self.backward_dkdv(qs, ks, vs, do, lse, delta, scale, c))
+        b2 = best(dq, lambda c: self.backward_dq(qs, ks, vs, do, lse, delta, scale, c))
+        return f, b1, b2
+
+    # ------------------------------------------------------------------------------------------------ launches
+    def _tensor_args(self, device: torch.device) -> list:
+        tensors = list(self.pattern.tensors_on(device))
+        if self.score_mod is not None:
+            tensors += list(self.score_mod.tensors_on(device))
+        args: list = []
+        for t in tensors:
+            args += [t, t.numel()]
+        return args
+
+    def _map_args(self, bm: BlockMap, lists: TileLists) -> list:
+        map_b, map_h = bm.states.shape[0], bm.states.shape[1]
+        q_tiles, kv_tiles = bm.states.shape[2], bm.states.shape[3]
+        return [lists.partial_count, lists.partial_index, lists.full_count, lists.full_index], \
+            [q_tiles, kv_tiles, map_h if map_b > 1 else 0, 1 if map_h > 1 else 0]
+
+    def forward(self, q, k, v, scale: float, config: cfg.TileConfig | None = None):
+        """Raw forward launch (no autograd): returns ``(out, lse)``; lse is float32 ``(B, H, S_q)``."""
+        config = config or self.configs_for(q, k)[0]
+        batch, heads, seq_q, _ = q.shape
+        out = torch.empty_like(q)
+        lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
+        bm = self.block_map(q, k, config.block_m, config.block_n)
+        lists, map_scalars = self._map_args(bm, bm.by_query)
+        grid = (bm.states.shape[2], batch * heads)
+        self.module.attention_forward[grid](
+            q, k, v, out, lse, *lists, scale,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            seq_q, k.shape[2], heads, heads // k.shape[1], *map_scalars, *self._tensor_args(q.device),
+            HEAD_DIM=self.head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            HAS_SCORE=self.score_mod is not None, DOT_F32=self._dot_f32(q), num_warps=config.num_warps, num_stages=config.num_stages)
+        return out, lse
+
+    def _bwd_common(self, q, k, v, do):
+        return [q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+                q.shape[2], k.shape[2], q.shape[1], q.shape[1] // k.shape[1]]
+
+    def backward_dkdv(self, q, k, v, do, lse, delta, scale: float, config: cfg.TileConfig | None = None):
+        config = config or self.configs_for(q, k)[1]
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        bm = self.block_map(q, k, config.block_m, config.block_n)
+        lists, map_scalars = self._map_args(bm, bm.by_key)
+        grid = (bm.states.shape[3], k.shape[0] * k.shape[1])
+        self.module.attention_backward_dkdv[grid](
+            q, k, v, do, lse, delta, dk, dv, *lists, scale, *self._bwd_common(q, k, v, do), *map_scalars,
+            *self._tensor_args(q.device), HEAD_DIM=self.head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            HAS_SCORE=self.score_mod is not None, DOT_F32=self._dot_f32(q), num_warps=config.num_warps, num_stages=config.num_stages)
+        return dk, dv
+
+    def backward_dq(self, q, k, v, do, lse, delta, scale: float, config: cfg.TileConfig | None = None):
+        config = config or self.configs_for(q, k)[2]
+        dq = torch.empty_like(q)
+        bm = self.block_map(q, k, config.block_m, config.block_n)
+        lists, map_scalars = self._map_args(bm, bm.by_query)
+        grid = (bm.states.shape[2], q.shape[0] * q.shape[1])
+        self.module.attention_backward_dq[grid](
+            q, k, v, do, lse, delta, dq, *lists, scale, *self._bwd_common(q, k, v, do), *map_scalars,
+            *self._tensor_args(q.device), HEAD_DIM=self.head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            HAS_SCORE=self.score_mod is not None, DOT_F32=self._dot_f32(q), num_warps=config.num_warps, num_stages=config.num_stages)
+        return dq
+
+    def _dot_f32(self, q: torch.Tensor) -> bool:
+        """The CPU interpreter multiplies bf16 matrices wrongly (seen with triton 3.9): upcast there only."""
+        return q.device.type != "cuda" and q.dtype == torch.bfloat16
+
+    def __repr__(self) -> str:
+        score = f", score_mod={self.score_mod.name}" if self.score_mod else ""
+        return f"AttentionKernel({self.pattern.name}{score}, head_dim={self.head_dim}, dtype={self.dtype})"
+
+
+class _AttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, kernel: AttentionKernel, scale: float):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse = kernel.forward(q, k, v, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.kernel, ctx.scale = kernel, scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, d_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        kernel: AttentionKernel = ctx.kernel
+        if d_out is None:
+            d_out = torch.zeros_like(out)
+        d_out = d_out.contiguous()
+        # dS = P (dP - delta) + P d_lse: the lse gradient folds into delta
+        delta = (out.float() * d_out.float()).sum(-1)
+        if d_lse is not None:
+            delta = delta - torch.where(torch.isneginf(lse), 0.0, d_lse.float())
+        delta = delta.contiguous()
+        dk, dv = kernel.backward_dkdv(q, k, v, d_out, lse, delta, ctx.scale)
+        dq = kernel.backward_dq(q, k, v, d_out, lse, delta, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+_kernels: dict[tuple, AttentionKernel] = {}
+
+
+def compile_attention(pattern: Pattern | None = None, *, mask_mod: Callable[..., object] | None = None,
+                      score_mod: ScoreMod | Callable[..., object] | None = None, head_dim: int,
+                      dtype: torch.dtype = torch.bfloat16, arch: str | None = None) -> AttentionKernel:
+    """Compile fused attention for a pattern (and/or a FlexAttention-style ``mask_mod``) and a score modification.
+
+    Kernels are cached by pattern *structure* (plus head_dim, dtype, arch): calling this again with an equal
+    pattern built from scratch returns the same kernel without recompiling.
+    """
+    if pattern is not None and not isinstance(pattern, Pattern):
+        raise PatternError(f"pattern must be a hal.kernels.attention.patterns.Pattern, got {type(pattern).__name__}; "
+                           "pass Python functions as mask_mod=")
+    if mask_mod is not None:
+        traced = from_mask_mod(mask_mod)
+        pattern = traced if pattern is None else pattern & traced
+    pattern = pattern if pattern is not None else full()
+    if score_mod is not None and not isinstance(score_mod, ScoreMod):
+        score_mod = from_score_mod(score_mod)
+    if head_dim not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head_dim {head_dim} is not supported; use 64, 128 or 256 (16 and 32 for small tests)")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {dtype} is not supported; use torch.bfloat16 or torch.float16 "
+                         "(accumulation is fp32 either way)")
+    if arch is not None and arch not in cfg.ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(cfg.ARCHITECTURES)}")
+    key = (pattern.key(), score_mod.key() if score_mod else None, head_dim, dtype, arch)
+    if key not in _kernels:
+        _kernels[key] = AttentionKernel(pattern, score_mod, head_dim, dtype, arch)
+    return _kernels[key]
