@@ -105,6 +105,17 @@ class Option:
     doc: str
 
 
+def choice(values: Mapping[str, Any]) -> Callable[[str], Any]:
+    """An option parser accepting only the keys of ``values`` (and returning the mapped value)."""
+
+    def parse(text: str) -> Any:
+        if text not in values:
+            raise ValueError(f"{text!r} is not one of {', '.join(values)}")
+        return values[text]
+
+    return parse
+
+
 def parse_bool(text: str) -> bool:
     """Parse option text as a boolean (1/0, true/false, yes/no, on/off)."""
     lowered = text.lower()
@@ -491,8 +502,10 @@ class Device(ABC):
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.run_op("matmul", (a, b))
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return self.run_op("linear", (x,), {"weight": weight, "bias": bias})
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
+        if activation == "none":
+            return self.run_op("linear", (x,), {"weight": weight, "bias": bias})
+        return self.run_op("linear", (x,), {"weight": weight, "bias": bias}, activation=activation)
 
     def conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, groups: int = 1) -> torch.Tensor:
         return self.run_op("conv2d", (x,), {"weight": weight, "bias": bias}, stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), groups=groups)

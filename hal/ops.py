@@ -10,8 +10,9 @@ Operand conventions (inputs are given at call time, params are bound at ``prepar
 op              inputs                   params               attributes (defaults)
 =============== ======================== ==================== =====================================
 matmul          a (..., M, K), b (..., K, N)                   -
-linear          x (..., in)              weight (out, in),    -
-                                         bias (out,) optional
+linear          x (..., in)              weight (out, in),    activation "none" | "relu" (a fused
+                                         bias (out,) optional ReLU: what spiking and analog layers
+                                                              compute natively)
 conv2d          x (N, C, H, W)           weight (O, C/g, kh,  stride (1,1), padding (0,0),
                                          kw), bias optional   dilation (1,1), groups 1
 add, mul        a, b (broadcastable)                          -
@@ -90,6 +91,8 @@ def _linear(inputs: list[tuple], params: dict, attrs: dict) -> tuple:
         raise ShapeError(f"linear weight must be 2-D (out_features, in_features), got {w}")
     if len(x) < 1 or not _same(x[-1], w[1]):
         raise ShapeError(f"linear: input has {x[-1] if x else 'no'} features but weight {w} expects {w[1]}")
+    if attrs["activation"] not in ("none", "relu"):
+        raise InvalidInput(f"linear activation must be 'none' or 'relu', got {attrs['activation']!r}")
     bias = params.get("bias")
     if bias is not None and bias != (w[0],):
         raise ShapeError(f"linear bias must have shape ({w[0]},), got {bias}")
@@ -206,7 +209,7 @@ VOCABULARY: dict[str, OpDef] = {
     op.name: op
     for op in [
         OpDef("matmul", ("a", "b"), output_shape=_matmul),
-        OpDef("linear", ("x",), ("weight", "bias"), ("bias",), output_shape=_linear),
+        OpDef("linear", ("x",), ("weight", "bias"), ("bias",), {"activation": "none"}, _linear),
         OpDef("conv2d", ("x",), ("weight", "bias"), ("bias",), {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1}, _conv2d),
         OpDef("add", ("a", "b"), output_shape=_binary("add")),
         OpDef("mul", ("a", "b"), output_shape=_binary("mul")),

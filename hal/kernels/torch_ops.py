@@ -25,11 +25,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 
 
 
+def _activate(y: torch.Tensor, activation: str) -> torch.Tensor:
+    return F.relu(y) if activation == "relu" else y
+
+
 OpFn = Callable[[Sequence[torch.Tensor], Mapping[str, torch.Tensor], Mapping[str, Any]], torch.Tensor]
 
 TORCH_OPS: dict[str, OpFn] = {
     "matmul": lambda i, p, a: torch.matmul(i[0], i[1]),
-    "linear": lambda i, p, a: F.linear(i[0], p["weight"], p.get("bias")),
+    "linear": lambda i, p, a: _activate(F.linear(i[0], p["weight"], p.get("bias")), a["activation"]),
     "conv2d": lambda i, p, a: F.conv2d(i[0], p["weight"], p.get("bias"), a["stride"], a["padding"], a["dilation"], a["groups"]),
     "add": lambda i, p, a: torch.add(i[0], i[1]),
     "mul": lambda i, p, a: torch.mul(i[0], i[1]),

@@ -13,7 +13,7 @@ import torch
 
 from hal import ops as vocabulary
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
-from hal.device import Cost, Device, DeviceInfo, OpSpec, Option, Program
+from hal.device import Cost, Device, DeviceInfo, OpSpec, Option, Program, choice
 from hal.drivers.cpu import host
 from hal.errors import DeviceUnavailable
 from hal.kernels.torch_ops import TORCH_OPS
@@ -36,7 +36,7 @@ class CpuDevice(Device):
 
     kind = "cpu"
     OPTIONS = {
-        "precision": Option(lambda s: {"native": None, "float64": torch.float64}[s], None, "'native' (compute in the inputs' dtype) or 'float64' (reference mode)"),
+        "precision": Option(choice({"native": None, "float64": torch.float64}), None, "'native' (compute in the inputs' dtype) or 'float64' (reference mode)"),
     }
 
     def __init__(self, uri):
