@@ -91,7 +91,9 @@ def module_source(mask: Expr, score: Expr | None, n_tensors: int) -> str:
 def load_module(source: str) -> ModuleType:
     """Write ``source`` to a file once per process and import it (cached by content)."""
     global _folder
-    digest = hashlib.sha1(source.encode()).hexdigest()[:20]
+    # the interpreter flag is read when @triton.jit runs, so a module loaded under it is a different module
+    mode = os.environ.get("TRITON_INTERPRET", "0")
+    digest = hashlib.sha1(f"{mode}\n{source}".encode()).hexdigest()[:20]
     if digest in _modules:
         return _modules[digest]
     if _folder is None:

@@ -25,20 +25,26 @@ class AttentionKernel:
     """
 
     def __init__(self, pattern: Pattern, score_mod: ScoreMod | None, head_dim: int, dtype: torch.dtype,
-                 arch: str | None) -> None:
+                 arch: str | None, autotune: bool = True) -> None:
         self.pattern = pattern
         self.score_mod = score_mod
         self.head_dim = head_dim
         self.dtype = dtype
         self.arch = arch
+        self.autotune = autotune
+        self.tuning_log: list[dict] = []
         score_expr = None
         if score_mod is not None:
             score_expr = shift_slots(score_mod.score, len(pattern.tensors))
         n_tensors = len(pattern.tensors) + (len(score_mod.tensors) if score_mod else 0)
         self.source = module_source(pattern.mask, score_expr, n_tensors)
-        self.module = load_module(self.source)
         self.block_maps = BlockMapCache()
         self._tuned: dict[tuple, tuple[cfg.TileConfig, cfg.TileConfig, cfg.TileConfig]] = {}
+
+    @property
+    def module(self):
+        """The generated Triton module (loaded once per process and interpreter mode)."""
+        return load_module(self.source)
 
     # ------------------------------------------------------------------------------------------------ public
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
@@ -99,7 +105,7 @@ class AttentionKernel:
         arch = self._arch(q.device)
         fwd, dkdv, dq = (arch.forward[self.head_dim], arch.backward_dkdv[self.head_dim],
                          arch.backward_dq[self.head_dim])
-        if q.device.type != "cuda" or (len(fwd) == len(dkdv) == len(dq) == 1):
+        if q.device.type != "cuda" or not self.autotune or (len(fwd) == len(dkdv) == len(dq) == 1):
             return fwd[0], dkdv[0], dq[0]
         import triton.testing
 
@@ -109,19 +115,21 @@ class AttentionKernel:
         vs = torch.randn(k.shape, generator=gen, device=q.device, dtype=q.dtype)
         scale = self.head_dim ** -0.5
 
-        def best(candidates, run):
+        def best(candidates, run, kernel):
             if len(candidates) == 1:
                 return candidates[0]
             times = [triton.testing.do_bench(lambda c=c: run(c), warmup=5, rep=25, return_mode="median")
                      for c in candidates]
+            self.tuning_log.append({"kernel": kernel, "q_shape": list(q.shape), "k_shape": list(k.shape),
+                                    "ms": {str(tuple(c.__dict__.values())): t for c, t in zip(candidates, times)}})
             return candidates[min(range(len(times)), key=times.__getitem__)]
 
-        f = best(fwd, lambda c: self.forward(qs, ks, vs, scale, c))
+        f = best(fwd, lambda c: self.forward(qs, ks, vs, scale, c), "forward")
         out, lse = self.forward(qs, ks, vs, scale, f)
         do = torch.randn(q.shape, generator=gen, device=q.device, dtype=q.dtype)
         delta = (out.float() * do.float()).sum(-1)
-        b1 = best(dkdv, lambda c: self.backward_dkdv(qs, ks, vs, do, lse, delta, scale, c))
-        b2 = best(dq, lambda c: self.backward_dq(qs, ks, vs, do, lse, delta, scale, c))
+        b1 = best(dkdv, lambda c: self.backward_dkdv(qs, ks, vs, do, lse, delta, scale, c), "dkdv")
+        b2 = best(dq, lambda c: self.backward_dq(qs, ks, vs, do, lse, delta, scale, c), "dq")
         return f, b1, b2
 
     # ------------------------------------------------------------------------------------------------ launches
@@ -227,11 +235,14 @@ _kernels: dict[tuple, AttentionKernel] = {}
 
 def compile_attention(pattern: Pattern | None = None, *, mask_mod: Callable[..., object] | None = None,
                       score_mod: ScoreMod | Callable[..., object] | None = None, head_dim: int,
-                      dtype: torch.dtype = torch.bfloat16, arch: str | None = None) -> AttentionKernel:
+                      dtype: torch.dtype = torch.bfloat16, arch: str | None = None,
+                      autotune: bool = True) -> AttentionKernel:
     """Compile fused attention for a pattern (and/or a FlexAttention-style ``mask_mod``) and a score modification.
 
     Kernels are cached by pattern *structure* (plus head_dim, dtype, arch): calling this again with an equal
-    pattern built from scratch returns the same kernel without recompiling.
+    pattern built from scratch returns the same kernel without recompiling. With ``autotune`` (the default) the
+    architecture's candidate tile configs are timed on first use of each input shape on a GPU and the fastest kept;
+    without it the first candidate is used.
     """
     if pattern is not None and not isinstance(pattern, Pattern):
         raise PatternError(f"pattern must be a hal.kernels.attention.patterns.Pattern, got {type(pattern).__name__}; "
@@ -249,7 +260,7 @@ def compile_attention(pattern: Pattern | None = None, *, mask_mod: Callable[...,
                          "(accumulation is fp32 either way)")
     if arch is not None and arch not in cfg.ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(cfg.ARCHITECTURES)}")
-    key = (pattern.key(), score_mod.key() if score_mod else None, head_dim, dtype, arch)
+    key = (pattern.key(), score_mod.key() if score_mod else None, head_dim, dtype, arch, autotune)
     if key not in _kernels:
-        _kernels[key] = AttentionKernel(pattern, score_mod, head_dim, dtype, arch)
+        _kernels[key] = AttentionKernel(pattern, score_mod, head_dim, dtype, arch, autotune)
     return _kernels[key]

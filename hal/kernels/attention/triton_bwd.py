@@ -135,7 +135,8 @@ def attention_backward_dq(Q, K, V, DO, LSE, DELTA, DQ, P_CNT, P_IDX, F_CNT, F_ID
                           seq_q, seq_kv, n_heads, group, q_tiles, kv_tiles, map_sb, map_sh, @TARGS@
                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr):
-    pid_m = tl.program_id(0)
+    # heaviest query tiles (last rows of causal-like patterns) first: less idle tail at the end of the grid
+    pid_m = q_tiles - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
     h = pid_bh % n_heads
