@@ -458,6 +458,7 @@ class Device(ABC):
             spec_params[name] = TensorSpec.of(tensor)
         if not op.params and params:
             op = OpSpec(op.name, op.inputs, spec_params, dict(op.attrs))
+        vocabulary.check(op)  # ShapeError / DTypeError / InvalidInput name the operand at fault
         support = self.supports(op)
         if not support:
             raise UnsupportedOp(support.reason)

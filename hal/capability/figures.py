@@ -32,7 +32,7 @@ class Figure:
                 f"figure source {self.source!r} must start with one of {', '.join(SOURCE_KINDS)} "
                 "(e.g. 'datasheet:NVIDIA H100 datasheet 2023', 'derived:sm_count * clock_hz * flops_per_clock')"
             )
-        if kind in ("derived", "datasheet", "paper") and not self.source.split(":", 1)[1:]:
+        if kind in ("derived", "datasheet", "paper") and not self.source.partition(":")[2].strip():
             raise ValueError(f"figure source {self.source!r} must say which formula/document/paper after the colon")
 
     @classmethod
