@@ -1,0 +1,11 @@
+"""NVIDIA GPUs: Hopper (cc 9.x), Blackwell (cc 10.x, 12.x) and any other CUDA GPU.
+
+Facts come from the driver (NVML through nvidia-ml-py, device attributes through cuda-python); torch CUDA is the
+compute path. Read top-down: ``driver.py`` (the Devices), ``detect.py`` (NVML + CUDA joined), ``nvml.py``,
+``cuda_attrs.py``, ``architectures.py`` (per-architecture table with sources), ``capabilities.py``, ``matmul.py``
+(tensor-core precision policy).
+"""
+
+from hal.drivers.nvidia.driver import BlackwellDevice, CudaDevice, HopperDevice
+
+__all__ = ["BlackwellDevice", "CudaDevice", "HopperDevice"]

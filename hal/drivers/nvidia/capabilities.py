@@ -1,0 +1,150 @@
+"""A detected GPU's capabilities: facts as read, peak rates derived from them, datasheet figures beside them.
+
+Pure function of the detection result (no torch, no CUDA context), so the capability output of a Blackwell or
+Hopper GPU is testable on a machine without one, through simulated NVML/CUDA answers.
+"""
+
+from __future__ import annotations
+
+from hal.capability import Capabilities, Figure, OpSupport, Paradigm
+from hal.capability.gpu import GpuInterconnect, GpuSection
+from hal.drivers.nvidia.architectures import TRANSFERS_PER_MEMORY_CLOCK, Architecture, architecture_for, product_sheet
+from hal.drivers.nvidia.detect import DetectedGpu, Detection
+
+KIB = 1024
+
+
+def _unit(rate_name: str) -> str:
+    return "op/s" if rate_name.endswith("_op_per_s") else "flop/s"
+
+
+def clocks(gpu: DetectedGpu) -> dict[str, Figure]:
+    """Maximum SM and memory clocks NVML reports (the boost ceilings), in Hz."""
+    found = {}
+    if gpu.nvml and gpu.nvml.max_sm_clock_mhz:
+        found["max_sm_clock_hz"] = Figure.measured(gpu.nvml.max_sm_clock_mhz * 1e6, "Hz", "NVML nvmlDeviceGetMaxClockInfo(NVML_CLOCK_SM)")
+    if gpu.nvml and gpu.nvml.max_memory_clock_mhz:
+        found["max_memory_clock_hz"] = Figure.measured(gpu.nvml.max_memory_clock_mhz * 1e6, "Hz", "NVML nvmlDeviceGetMaxClockInfo(NVML_CLOCK_MEM)")
+    return found
+
+
+def peak_rates(gpu: DetectedGpu, arch: Architecture | None) -> dict[str, Figure]:
+    """Dense peak rates ``sm_count * max_sm_clock_hz * ops_per_sm_per_clock`` and the memory bandwidth
+    ``bus_width_bits / 8 * max_memory_clock_hz * 2``; a rate whose inputs are unknown is left out."""
+    clock = clocks(gpu)
+    peaks: dict[str, Figure] = {}
+    sm = gpu.cuda.sm_count
+    if arch is not None and "max_sm_clock_hz" in clock:
+        hz = clock["max_sm_clock_hz"].value
+        for name, per_clock in arch.dense_flops_per_sm_per_clock.items():
+            peaks[name] = Figure.derived(
+                sm * hz * per_clock,
+                _unit(name),
+                f"sm_count * max_sm_clock_hz * dense_per_sm_per_clock = {sm} * {hz:.4g} * {per_clock}",
+                note=f"per-SM rate: {arch.rates_source}; sustained tensor clocks sit below the boost ceiling, see the datasheet figure",
+            )
+    if "max_memory_clock_hz" in clock and gpu.cuda.memory_bus_width_bits:
+        bits, hz = gpu.cuda.memory_bus_width_bits, clock["max_memory_clock_hz"].value
+        peaks["memory_bandwidth_b_per_s"] = Figure.derived(
+            bits / 8 * hz * TRANSFERS_PER_MEMORY_CLOCK,
+            "B/s",
+            f"bus_width_bits / 8 * max_memory_clock_hz * {TRANSFERS_PER_MEMORY_CLOCK} = {bits} / 8 * {hz:.4g} * {TRANSFERS_PER_MEMORY_CLOCK}",
+        )
+    return peaks
+
+
+def datasheet_figures(name: str) -> dict[str, Figure]:
+    """The product's published figures, if hal knows the product."""
+    sheet = product_sheet(name)
+    if sheet is None:
+        return {}
+    figures = {f"{dtype}_tensor_{'op' if dtype == 'int8' else 'flop'}_per_s": Figure.datasheet(tflops * 1e12, "flop/s", sheet.document) for dtype, tflops in sheet.dense_tflops.items()}
+    figures["memory_bandwidth_b_per_s"] = Figure.datasheet(sheet.memory_bandwidth_tb_per_s * 1e12, "B/s", sheet.document)
+    figures["memory_bytes"] = Figure.datasheet(sheet.memory_gb * 1e9, "B", sheet.document)
+    figures["max_power_w"] = Figure.datasheet(sheet.max_power_w, "W", sheet.document)
+    return figures
+
+
+def gpu_section(gpu: DetectedGpu, detection: Detection, arch: Architecture | None) -> GpuSection:
+    """The ``sections["gpu"]`` of a detected GPU."""
+    cuda, info = gpu.cuda, gpu.nvml
+    attr = "CUDA attribute CU_DEVICE_ATTRIBUTE_"
+    resources = {
+        "shared_memory_per_sm_bytes": Figure.measured(cuda.shared_memory_per_sm_bytes, "B", attr + "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR"),
+        "shared_memory_per_block_bytes": Figure.measured(cuda.shared_memory_per_block_bytes, "B", attr + "MAX_SHARED_MEMORY_PER_BLOCK", note="without opt-in"),
+        "shared_memory_per_block_optin_bytes": Figure.measured(cuda.shared_memory_per_block_optin_bytes, "B", attr + "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN"),
+        "l2_cache_bytes": Figure.measured(cuda.l2_cache_bytes, "B", attr + "L2_CACHE_SIZE"),
+        "memory_bus_width_bits": Figure.measured(cuda.memory_bus_width_bits, "bit", attr + "GLOBAL_MEMORY_BUS_WIDTH"),
+    }
+    limits = {}
+    features: tuple[str, ...] = ()
+    if arch is not None:
+        limits = {
+            "shared_memory_per_sm_bytes": Figure.datasheet(arch.shared_memory_per_sm_kib * KIB, "B", arch.limits_source),
+            "shared_memory_per_block_optin_bytes": Figure.datasheet(arch.shared_memory_per_block_optin_kib * KIB, "B", arch.limits_source),
+        }
+        features = arch.features
+    if cuda.cluster_launch:
+        features = (*features, "cluster launch enabled by the driver (CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH)")
+    unread = dict(info.unread) if info else {"NVML": "NVML did not report this GPU"}
+    power = Figure.measured(info.power_limit_w, "W", "NVML nvmlDeviceGetPowerManagementLimit") if info and info.power_limit_w else None
+    return GpuSection(
+        name=gpu.name,
+        architecture=arch.name if arch else f"cc {cuda.cc_major}.x (no hal table entry)",
+        compute_capability=f"{cuda.cc_major}.{cuda.cc_minor}",
+        uuid=info.uuid if info else "",
+        serial=info.serial if info else None,
+        driver_version=detection.driver_version,
+        cuda_driver_version=detection.cuda_driver_version,
+        sm_count=cuda.sm_count,
+        tensor_core_dtypes=arch.tensor_core_dtypes if arch else (),
+        features=features,
+        architecture_source=arch.source if arch else "",
+        resources=resources,
+        clocks=clocks(gpu),
+        architecture_limits=limits,
+        interconnect=GpuInterconnect(info.pcie_generation, info.pcie_lanes, info.nvlink_active_links) if info else GpuInterconnect(),
+        power_limit_w=power,
+        datasheet=datasheet_figures(gpu.name),
+        unread=unread,
+    )
+
+
+def build_capabilities(uri: str, gpu: DetectedGpu, detection: Detection, ops: dict[str, OpSupport], notes: list[str]) -> Capabilities:
+    """Everything ``hal query`` shows about ``gpu``; ``ops`` and ``notes`` come from the driver (they depend on options)."""
+    arch = architecture_for(gpu.cuda.cc_major)
+    section = gpu_section(gpu, detection, arch)
+    peaks = peak_rates(gpu, arch)
+    memory = gpu.nvml.memory_total_bytes if gpu.nvml else gpu.cuda.total_memory_bytes
+    energy = {}
+    bf16 = peaks.get("bfloat16_tensor_flop_per_s")
+    if section.power_limit_w is not None and bf16 is not None:
+        energy["j_per_bfloat16_flop_at_power_limit"] = Figure.derived(
+            section.power_limit_w.value / bf16.value, "J/flop", "power_limit_w / bfloat16_tensor_flop_per_s", note="upper bound: the board's whole power at the peak rate"
+        )
+    all_notes = list(notes)
+    if arch is None:
+        all_notes.append(f"hal has no per-SM rate table for compute capability {gpu.cuda.cc_major}.x: compute peaks are not derived, estimates are memory-bound only")
+    for what, why in section.unread.items():
+        all_notes.append(f"{what} not read: {why}")
+    return Capabilities(
+        uri=uri,
+        kind=gpu.kind,
+        paradigm=Paradigm.DIGITAL,
+        simulated=False,
+        identity={
+            "name": gpu.name,
+            "uuid": section.uuid,
+            "compute_capability": section.compute_capability,
+            "cuda_ordinal": str(gpu.ordinal),
+            "driver": detection.driver_version,
+            "cuda_driver": detection.cuda_driver_version,
+        },
+        ops=ops,
+        deterministic=True,
+        memory_bytes=Figure.measured(memory, "B", "NVML nvmlDeviceGetMemoryInfo total" if gpu.nvml else "cuDeviceTotalMem"),
+        peak=peaks,
+        energy=energy,
+        sections={"gpu": section},
+        notes=all_notes,
+    )

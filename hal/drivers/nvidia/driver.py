@@ -1,0 +1,335 @@
+"""HopperDevice, BlackwellDevice, CudaDevice: NVIDIA GPUs found through NVML + the CUDA driver, computing through torch.
+
+``hopper:N`` / ``blackwell:N`` / ``cuda:N`` is CUDA device N (``torch.device("cuda", N)``); which kind a GPU is
+comes from its compute capability (``architectures.kind_for``), so opening an H100 as ``blackwell:0`` is refused
+with the right name. Options:
+
+- ``?matmul_precision=native|tf32|bf16|fp16|fp8`` (default native): the tensor-core policy of matmul, linear and
+  conv2d (see ``matmul.py``); results keep the inputs' dtype.
+- ``?attention=hal|sdpa`` (default hal): attention through hal's Triton kernel (``hal.kernels.attention``) where
+  it supports the call (bf16/fp16, head dim 16..256, equal q/k lengths when causal, Hopper/datacenter Blackwell),
+  torch's scaled_dot_product_attention otherwise.
+
+Inputs may be on the host or on this GPU: host tensors are copied to the GPU on every call (weights once, at
+prepare) and results stay on the GPU. Tensors on another GPU are refused with DeviceMismatch. Running out of GPU
+memory raises CapacityExceeded with the bytes asked for and the bytes free.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from hal import ops as vocabulary
+from hal.capability import Capabilities, OpSupport, Paradigm
+from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, choice, dtype_name
+from hal.drivers.nvidia import matmul
+from hal.drivers.nvidia.architectures import BY_MAJOR, architecture_for
+from hal.drivers.nvidia.capabilities import build_capabilities
+from hal.drivers.nvidia.detect import DetectedGpu, Detection, current_backends, detect
+from hal.drivers.nvidia.nvml import NvmlQueryError, NvmlSession, NvmlUnavailable
+from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput, UnsupportedOp
+from hal.kernels.torch_ops import TORCH_OPS
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+#: Relative Frobenius error vs float64 each dtype meets when computed in that dtype (CUDA kernels accumulate
+#: reductions in float32 for half types): a few times the expected output rounding.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
+#: Tolerance when the tensor cores read a narrower format than the inputs (see matmul.expected_error).
+COMPUTE_TOLERANCE = {"tfloat32": 2e-3, "bfloat16": 3e-2, "float16": 5e-3, "float8_e4m3fn": 1.2e-1}
+GEMM_OPS = ("matmul", "linear", "conv2d")
+ATTENTION_HEAD_DIMS = (16, 32, 64, 128, 256)
+#: Architectures hal's Triton attention kernel has tuned tiles for (cc 12.x has 100 KB of shared memory, not 228).
+ATTENTION_KERNEL_MAJORS = (9, 10)
+
+_ALLOCATION = re.compile(r"Tried to allocate ([0-9.]+) (B|KiB|MiB|GiB|TiB)")
+_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+class GpuProgram(Program):
+    """A Program that also says which implementation it runs (``path``), e.g. ``torch._scaled_mm fp8``."""
+
+    def __init__(self, op: OpSpec, device: Device, cost: Cost, run: Callable[..., Any], path: str):
+        super().__init__(op, device, cost, run)
+        self.path = path
+
+
+def _tolerances(op_name: str, precision: str) -> dict[str, float]:
+    if op_name not in GEMM_OPS:
+        return dict(TOLERANCE)
+    tol = {}
+    for name in DTYPES:
+        fmt = matmul.compute_format(precision, getattr(torch, name), op_name)
+        tol[name] = max(TOLERANCE[name], COMPUTE_TOLERANCE.get(fmt, 0.0)) if fmt != name else TOLERANCE[name]
+    return tol
+
+
+def declared_ops(precision: str, attention_choice: str) -> dict[str, OpSupport]:
+    """Every vocabulary op in float32/64 and bf16/fp16, with tolerances that follow the matmul policy."""
+    notes = {
+        "matmul": f"matmul_precision={precision}; fp8 uses torch._scaled_mm with per-tensor scales" if precision == "fp8" else f"matmul_precision={precision}",
+        "linear": f"matmul_precision={precision}; weights converted once at prepare",
+        "conv2d": "cuDNN; matmul_precision applies (fp8 runs as bf16)",
+        "attention": "hal.kernels.attention (Triton) for bf16/fp16 where supported, torch SDPA otherwise" if attention_choice == "hal" else "torch scaled_dot_product_attention",
+        "selective_scan": "torch reference scan (sequential over length)",
+    }
+    return {name: OpSupport(DTYPES, _tolerances(name, precision), notes=notes.get(name, "")) for name in vocabulary.VOCABULARY}
+
+
+def _peak_name(fmt: str, gemm: bool) -> str:
+    if not gemm or fmt == "float32":
+        return "float32_flop_per_s"
+    if fmt == "float64":
+        return "float64_tensor_flop_per_s"
+    if fmt == "float8_e4m3fn":
+        return "float8_tensor_flop_per_s"
+    return f"{fmt}_tensor_flop_per_s"
+
+
+class NvidiaDevice(Device):
+    """One NVIDIA GPU (CUDA device ``index``) of this class's kind; see the module docstring."""
+
+    OPTIONS: ClassVar = {
+        "matmul_precision": Option(choice({p: p for p in matmul.PRECISIONS}), "native", "the tensor-core policy of matmul/linear/conv2d: native, tf32, bf16, fp16 or fp8"),
+        "attention": Option(choice({"hal": "hal", "sdpa": "sdpa"}), "hal", "'hal' (hal's Triton attention kernel where it fits, else SDPA) or 'sdpa' (torch only)"),
+    }
+    #: Human description of the GPUs this kind runs, for messages.
+    family: ClassVar[str] = ""
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        here = str(self.uri)
+        if not isinstance(self.index, int):
+            raise DeviceUnavailable(here, f"{self.kind} devices are numbered by CUDA ordinal (e.g. {self.kind}:0), not named", f"use {self.kind}:0")
+        self.detection: Detection = detect()
+        gpu = self.detection.find(self.index)
+        if gpu is None:
+            reason = self.detection.reason or f"there is no CUDA device {self.index} (this machine has {len(self.detection.gpus)})"
+            raise DeviceUnavailable(here, reason, self.detection.fix or "run `hal devices` to list the GPUs")
+        if gpu.kind != self.kind:
+            raise DeviceUnavailable(here, f"CUDA device {self.index} is {gpu.name} (compute capability {gpu.cuda.cc_major}.{gpu.cuda.cc_minor}), which hal runs as {gpu.kind}:{self.index}", f"open it as {gpu.kind}:{self.index}")
+        if gpu.problem:
+            raise DeviceUnavailable(here, gpu.problem, gpu.fix)
+        self.gpu: DetectedGpu = gpu
+        self.precision: str = self.options["matmul_precision"]
+        why = matmul.unsupported_reason(self.precision, gpu.cuda.compute_capability)
+        if why:
+            raise InvalidInput(f"{here}: {why}; use matmul_precision=native or bf16")
+        self.torch_device = torch.device("cuda", gpu.ordinal)
+        self._nvml: NvmlSession | None = None
+
+    # ---- discovery
+    @classmethod
+    def probe(cls) -> list[DeviceInfo]:
+        detection = detect()
+        mine = detection.of_kind(cls.kind)
+        if not mine:
+            reason, fix = cls._absent(detection)
+            return [DeviceInfo(uri=f"{cls.kind}:0", kind=cls.kind, available=False, reason=reason, fix=fix, paradigm=Paradigm.DIGITAL.value)]
+        return [cls._info(gpu) for gpu in mine]
+
+    @classmethod
+    def _absent(cls, detection: Detection) -> tuple[str, str]:
+        if detection.reason:
+            return detection.reason, detection.fix
+        others = ", ".join(g.describe() for g in detection.gpus)
+        return f"no {cls.family} here; this machine has {others}", f"use {detection.gpus[0].uri}"
+
+    @classmethod
+    def _info(cls, gpu: DetectedGpu) -> DeviceInfo:
+        arch = architecture_for(gpu.cuda.cc_major)
+        summary: dict[str, Any] = {
+            "name": gpu.name,
+            "compute_capability": f"{gpu.cuda.cc_major}.{gpu.cuda.cc_minor}",
+            "sm_count": gpu.cuda.sm_count,
+            "memory_bytes": gpu.nvml.memory_total_bytes if gpu.nvml else gpu.cuda.total_memory_bytes,
+        }
+        rate = arch.dense_flops_per_sm_per_clock.get("bfloat16_tensor_flop_per_s") if arch else None
+        if rate and gpu.nvml and gpu.nvml.max_sm_clock_mhz:
+            summary["peak_flop_per_s"] = gpu.cuda.sm_count * gpu.nvml.max_sm_clock_mhz * 1e6 * rate
+            summary["peak_dtype"] = "bfloat16"
+        return DeviceInfo(uri=gpu.uri, kind=gpu.kind, available=not gpu.problem, reason=gpu.problem, fix=gpu.fix, paradigm=Paradigm.DIGITAL.value, summary=summary)
+
+    @classmethod
+    def diagnose(cls) -> list[Check]:
+        """The chain `hal doctor` walks: NVML library and driver, GPU count, CUDA driver API, torch, this kind's GPUs."""
+        detection = detect()
+        if detection.reason:
+            return [Check("NVIDIA GPUs", False, detection.reason, detection.fix)]
+        checks = [Check("NVIDIA driver", True, f"driver {detection.driver_version} (CUDA {detection.cuda_driver_version}); {len(detection.gpus)} GPU(s) through NVML and the CUDA driver API")]
+        checks += [Check(f"NVML GPU {index}", False, reason, "check `nvidia-smi -q` and `dmesg | grep -i xid`") for index, reason in detection.nvml_errors.items()]
+        mine = detection.of_kind(cls.kind)
+        for gpu in mine:
+            detail = gpu.problem or f"{gpu.name}, compute capability {gpu.cuda.cc_major}.{gpu.cuda.cc_minor}, {gpu.cuda.sm_count} SMs"
+            checks.append(Check(gpu.uri, not gpu.problem, detail, gpu.fix))
+        if not mine:
+            reason, fix = cls._absent(detection)
+            checks.append(Check(f"{cls.kind} GPUs", False, reason, fix))
+        return checks
+
+    # ---- capabilities and estimates
+    def _build_capabilities(self) -> Capabilities:
+        notes = [
+            "Inputs on the host are copied to the GPU on every call; results stay on the GPU.",
+            "NaN/inf propagate as IEEE arithmetic does (like torch); they are not refused.",
+        ]
+        return build_capabilities(str(self.uri), self.gpu, self.detection, declared_ops(self.precision, self.options["attention"]), notes)
+
+    def _check(self, op: OpSpec) -> Support | None:
+        memory = self.capabilities.memory_bytes
+        needed = vocabulary.bytes_moved(op)
+        if memory is not None and needed > memory.value:
+            return Support.no(f"{op.name} needs {needed / 2**30:.1f} GiB of operands and result but {self.uri} holds {memory.value / 2**30:.1f} GiB; split the op")
+        return None
+
+    def estimate(self, op: OpSpec) -> Cost:
+        """Roofline on the derived peaks: latency = max(flops / peak of the compute format, bytes / bandwidth);
+        energy = latency * power limit (an upper bound); error from matmul.expected_error or sqrt(K) * u."""
+        caps = self.capabilities
+        dtype = op.inputs[0].dtype if op.inputs else torch.float32
+        gemm = op.name in (*GEMM_OPS, "attention")
+        fmt = matmul.compute_format(self.precision, dtype, op.name) if op.name in GEMM_OPS else dtype_name(dtype)
+        rate = caps.peak.get(_peak_name(fmt, gemm)) or caps.peak.get("float32_flop_per_s")
+        bandwidth = caps.peak.get("memory_bandwidth_b_per_s")
+        compute_s = vocabulary.flops(op) / rate.value if rate else 0.0
+        memory_s = vocabulary.bytes_moved(op) / bandwidth.value if bandwidth else 0.0
+        latency = max(compute_s, memory_s)
+        power = caps.sections["gpu"].power_limit_w
+        energy = latency * power.value if power else 0.0
+        k = vocabulary.reduction_length(op)
+        if op.name in GEMM_OPS:
+            error = matmul.expected_error(self.precision, dtype, k, op.name)
+        else:
+            error = math.sqrt(k) * matmul.UNIT_ROUNDOFF.get(dtype_name(dtype), matmul.UNIT_ROUNDOFF["float32"])
+        formula = f"latency = max(flops / {_peak_name(fmt, gemm) if rate else 'unknown rate'}, bytes / memory_bandwidth); energy = latency * power limit (upper bound); error: {fmt} rounding model"
+        return Cost(latency, energy, error, formula)
+
+    # ---- compile-then-run
+    def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
+        dev = self.torch_device
+        params = {k: v.to(dev) for k, v in params.items()}
+        attrs = dict(op.attrs)
+        dtype = op.inputs[0].dtype
+        path = "torch CUDA"
+        if op.name == "matmul":
+            fn = matmul.matmul_fn(self.precision, dtype)
+            path = f"torch matmul ({matmul.compute_format(self.precision, dtype)})"
+        elif op.name == "linear":
+            body = matmul.linear_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs["activation"])
+            fn = lambda x: body(x)
+            path = f"torch linear ({matmul.compute_format(self.precision, dtype, 'linear')})"
+        elif op.name == "conv2d":
+            body = matmul.conv2d_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs)
+            fn = lambda x: body(x)
+            path = f"cuDNN conv2d ({matmul.compute_format(self.precision, dtype, 'conv2d')})"
+        elif op.name == "attention":
+            fn, path = self._attention(op, attrs)
+        else:
+            torch_op = TORCH_OPS[op.name]
+            fn = lambda *inputs: torch_op(inputs, params, attrs)
+        return GpuProgram(op, self, self.estimate(op), self._guarded(op, fn), path)
+
+    def _attention(self, op: OpSpec, attrs: dict[str, Any]) -> tuple[Callable[..., torch.Tensor], str]:
+        q, k, v = op.inputs
+        causal, scale = attrs["causal"], attrs["scale"]
+        fits = (
+            self.options["attention"] == "hal"
+            and q.dtype in (torch.bfloat16, torch.float16)
+            and q.shape[3] in ATTENTION_HEAD_DIMS
+            and k.shape == v.shape
+            and (not causal or q.shape[2] == k.shape[2])
+            and self.gpu.cuda.cc_major in ATTENTION_KERNEL_MAJORS
+        )
+        if fits:
+            try:
+                from hal.kernels.attention import compile_attention, patterns
+            except ImportError:
+                fits = False
+        if fits:
+            kernel = compile_attention(patterns.causal() if causal else patterns.full(), head_dim=q.shape[3], dtype=q.dtype, arch=BY_MAJOR[self.gpu.cuda.cc_major].name)
+            return (lambda q_, k_, v_: kernel(q_, k_, v_, scale=scale)), "hal.kernels.attention (Triton)"
+        sdpa = TORCH_OPS["attention"]
+        if q.dtype == torch.float32:
+
+            def sdpa_fp32(*inputs: torch.Tensor) -> torch.Tensor:
+                with matmul.float32_mode(False):
+                    return sdpa(inputs, {}, attrs)
+
+            return sdpa_fp32, "torch SDPA (IEEE float32)"
+        return (lambda *inputs: sdpa(inputs, {}, attrs)), "torch SDPA"
+
+    def _guarded(self, op: OpSpec, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """Move host inputs to the GPU and turn CUDA out-of-memory into CapacityExceeded."""
+        dev = self.torch_device
+
+        def run(*inputs: torch.Tensor) -> torch.Tensor:
+            try:
+                return fn(*[t if t.device == dev else t.to(dev, non_blocking=True) for t in inputs])
+            except torch.cuda.OutOfMemoryError as exc:
+                raise self._out_of_memory(op, exc) from None
+
+        return run
+
+    def _out_of_memory(self, op: OpSpec, exc: Exception) -> CapacityExceeded:
+        found = _ALLOCATION.search(str(exc))
+        needed = float(found.group(1)) * _UNITS[found.group(2)] if found else float(vocabulary.bytes_moved(op))
+        try:
+            free = float(self.telemetry()["memory_free_bytes"])
+            free_text = f"{free / 2**30:.2f} GiB free"
+        except (DeviceFailure, UnsupportedOp):
+            free, free_text = None, "free memory unknown (NVML did not answer)"
+        total = self.capabilities.memory_bytes
+        return CapacityExceeded(
+            f"{op.name} on {self.uri} ran out of GPU memory: it asked for {needed / 2**30:.2f} GiB with {free_text} of {total.value / 2**30:.1f} GiB; "
+            "use smaller batches, free tensors you no longer need, or a narrower dtype",
+            needed=needed,
+            available=free,
+        )
+
+    # ---- live state
+    def telemetry(self) -> dict[str, Any]:
+        """Power W, temperature C, utilisation %, memory used/free bytes and SM clock from NVML."""
+        if self.gpu.nvml is None:
+            raise UnsupportedOp(f"{self.uri}: NVML does not report this GPU, so there is no telemetry")
+        try:
+            if self._nvml is None:
+                self._nvml = current_backends().nvml_session()
+            return self._nvml.telemetry(self.gpu.nvml.index)
+        except NvmlUnavailable as exc:
+            raise DeviceFailure(f"{self.uri}: {exc.reason}. Fix: {exc.fix}") from None
+        except NvmlQueryError as exc:
+            raise DeviceFailure(f"{self.uri}: {exc.reason}. Fix: {exc.fix}") from None
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.torch_device)
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            self._nvml.close()
+            self._nvml = None
+        super().close()
+
+
+class HopperDevice(NvidiaDevice):
+    """An NVIDIA Hopper GPU (compute capability 9.x: H100, H200, GH200)."""
+
+    kind = "hopper"
+    family = "Hopper GPU (compute capability 9.x)"
+
+
+class BlackwellDevice(NvidiaDevice):
+    """An NVIDIA Blackwell GPU (compute capability 10.x: B200, GB200, B300; 12.x: RTX 50 series, RTX PRO)."""
+
+    kind = "blackwell"
+    family = "Blackwell GPU (compute capability 10.x or 12.x)"
+
+
+class CudaDevice(NvidiaDevice):
+    """Any other NVIDIA GPU (Ampere, Ada, ...), run through torch CUDA with generic capabilities."""
+
+    kind = "cuda"
+    family = "NVIDIA GPU outside the Hopper/Blackwell families"

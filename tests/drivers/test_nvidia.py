@@ -1,0 +1,414 @@
+"""NVIDIA drivers on a CPU-only machine: detection through simulated NVML/CUDA (H100, H200, B200, A100), the
+selection table, capability output, failure reasons, telemetry, the matmul precision policy and error paths."""
+
+from __future__ import annotations
+
+import ctypes.util
+import sys
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+pynvml = pytest.importorskip("pynvml")
+
+from nvidia_fakes import A100, B200, H100_SXM, H200, CUresult, FakeCuda, FakeNvml, machine
+
+from hal.capability import validate
+from hal.device import OpSpec, TensorSpec
+from hal.drivers.nvidia import BlackwellDevice, CudaDevice, HopperDevice, matmul
+from hal.drivers.nvidia.architectures import kind_for
+from hal.drivers.nvidia.detect import Backends, detect, using
+from hal.errors import CapacityExceeded, DeviceFailure, DeviceMismatch, DeviceUnavailable, InvalidInput
+
+KIB = 1024
+
+
+@contextmanager
+def simulated(*gpus, nvml: FakeNvml | None = None, cuda: FakeCuda | None = None, torch_problem=None):
+    """Detection answers as a machine with ``gpus`` would (torch CUDA assumed usable unless torch_problem says not)."""
+    gpus = machine(*gpus)
+    backends = Backends(nvml or FakeNvml(gpus), cuda or FakeCuda(gpus), torch_problem=lambda: torch_problem)
+    with using(backends):
+        yield backends
+
+
+# --------------------------------------------------------------------------- no GPU: distinct reasons
+
+
+def test_this_machine_reads_as_no_nvml_library():
+    if ctypes.util.find_library("nvidia-ml"):
+        pytest.skip("this machine has libnvidia-ml; the no-driver reason cannot be seen here")
+    for cls in (HopperDevice, BlackwellDevice, CudaDevice):
+        (info,) = cls.probe()
+        assert not info.available
+        assert "NVML library not found (no NVIDIA driver installed)" in info.reason
+        assert "driver" in info.fix
+    (check,) = HopperDevice.diagnose()
+    assert not check.ok and "NVML library not found" in check.detail
+
+
+def _reason(nvml: FakeNvml | None = None, cuda: FakeCuda | None = None, torch_problem=None, gpus=(H100_SXM,)):
+    with simulated(*gpus, nvml=nvml, cuda=cuda, torch_problem=torch_problem):
+        (info,) = HopperDevice.probe()
+        check = next(c for c in HopperDevice.diagnose() if not c.ok)
+    assert not info.available and info.fix
+    assert not check.ok and check.detail == info.reason and check.fix == info.fix
+    return info.reason, info.fix
+
+
+def test_failures_give_distinct_reasons_and_fixes(monkeypatch):
+    library_missing = _reason(FakeNvml([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND))
+    driver_not_loaded = _reason(FakeNvml([], init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
+    no_gpu = _reason(FakeNvml([]), gpus=())
+    assert "NVML library not found (no NVIDIA driver installed)" in library_missing[0]
+    assert "not loaded" in driver_not_loaded[0] and "modprobe" in driver_not_loaded[1]
+    assert "reports no GPU" in no_gpu[0] and "nvidia-smi" in no_gpu[1]
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # nvidia-ml-py not installed
+    with using(Backends()):
+        (info,) = HopperDevice.probe()
+    assert "nvidia-ml-py (pynvml) is not installed" in info.reason and "hal[gpu]" in info.fix
+    reasons = {library_missing[0], driver_not_loaded[0], no_gpu[0], info.reason}
+    assert len(reasons) == 4
+
+
+def test_cuda_driver_failures_are_reported():
+    gpus = machine(H100_SXM)
+    libcuda = _reason(cuda=FakeCuda(gpus, load_error=RuntimeError('"cuda" is an NVIDIA driver library')))
+    assert "libcuda.so" in libcuda[0] and "NVML sees 1 GPU" in libcuda[0]
+    init = _reason(cuda=FakeCuda(gpus, init_error=CUresult.CUDA_ERROR_NOT_INITIALIZED))
+    assert "CUDA_ERROR_NOT_INITIALIZED" in init[0]
+    hidden = _reason(cuda=FakeCuda(gpus, order=[]))
+    assert "CUDA sees none" in hidden[0]
+
+
+def test_cuda_python_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with using(Backends(nvml=FakeNvml(machine(H100_SXM)), torch_problem=lambda: None)):
+        (info,) = HopperDevice.probe()
+    assert not info.available and "cuda-python" in info.reason and "hal[gpu]" in info.fix
+
+
+def test_torch_without_cuda_is_reported():
+    reason, fix = _reason(torch_problem="this torch build (2.13.0+cpu) has no CUDA support")
+    assert "no CUDA support" in reason and "CUDA build of torch" in fix
+
+
+def test_unavailable_device_cannot_be_opened_and_says_why():
+    with simulated(nvml=FakeNvml([], init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)):
+        with pytest.raises(DeviceUnavailable, match="not loaded"):
+            HopperDevice("hopper:0")
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@pytest.mark.parametrize(("major", "kind"), [(9, "hopper"), (10, "blackwell"), (12, "blackwell"), (8, "cuda"), (7, "cuda"), (11, "cuda")])
+def test_selection_table(major, kind):
+    assert kind_for(major) == kind
+
+
+def test_mixed_machine_joins_nvml_and_cuda_by_pci_address():
+    gpus = machine(A100, H100_SXM, B200)
+    # CUDA numbers the B200 first, then the H100, then the A100 (fastest first); NVML numbers by PCI bus
+    with using(Backends(FakeNvml(gpus), FakeCuda(gpus, order=[2, 1, 0]), torch_problem=lambda: None)):
+        detection = detect()
+        hopper, blackwell, cuda = HopperDevice.probe(), BlackwellDevice.probe(), CudaDevice.probe()
+    assert [(g.ordinal, g.kind, g.name) for g in detection.gpus] == [
+        (0, "blackwell", "NVIDIA B200"),
+        (1, "hopper", "NVIDIA H100 80GB HBM3"),
+        (2, "cuda", "NVIDIA A100-SXM4-80GB"),
+    ]
+    assert [i.uri for i in hopper] == ["hopper:1"] and hopper[0].available
+    assert [i.uri for i in blackwell] == ["blackwell:0"] and blackwell[0].summary["sm_count"] == 148
+    assert [i.uri for i in cuda] == ["cuda:2"] and cuda[0].summary["compute_capability"] == "8.0"
+    assert detection.gpus[1].nvml.uuid == gpus[1].uuid
+
+
+def test_absent_kind_names_what_is_here():
+    with simulated(H100_SXM):
+        (info,) = BlackwellDevice.probe()
+        assert not info.available and "hopper:0" in info.reason and info.fix == "use hopper:0"
+        with pytest.raises(DeviceUnavailable, match="open it as hopper:0"):
+            BlackwellDevice("blackwell:0")
+        with pytest.raises(DeviceUnavailable, match="no CUDA device 3"):
+            HopperDevice("hopper:3")
+
+
+# --------------------------------------------------------------------------- capabilities
+
+
+def test_blackwell_b200_capabilities():
+    with simulated(B200):
+        (info,) = BlackwellDevice.probe()
+        device = BlackwellDevice("blackwell:0")
+        caps = device.capabilities
+    assert info.available and info.summary["name"] == "NVIDIA B200"
+    validate(caps.to_dict())
+    gpu = caps.sections["gpu"]
+    assert gpu.architecture == "blackwell" and gpu.compute_capability == "10.0" and gpu.sm_count == 148
+    assert {"float4_e2m1fn", "nvfp4", "mxfp8", "float8_e4m3fn", "bfloat16"} <= set(gpu.tensor_core_dtypes)
+    assert any("tcgen05" in f for f in gpu.features) and any("TMEM" in f for f in gpu.features)
+    bf16 = caps.peak["bfloat16_tensor_flop_per_s"]
+    assert bf16.kind == "derived" and bf16.value == pytest.approx(148 * 1965e6 * 8192)
+    assert "sm_count * max_sm_clock_hz" in bf16.source
+    assert caps.peak["float4_tensor_flop_per_s"].value == pytest.approx(4 * bf16.value)
+    assert caps.peak["memory_bandwidth_b_per_s"].value == pytest.approx(8192 / 8 * 3760e6 * 2)
+    assert gpu.datasheet["bfloat16_tensor_flop_per_s"].value == pytest.approx(2.25e15)
+    assert gpu.datasheet["bfloat16_tensor_flop_per_s"].kind == "datasheet"
+    # derived peak within 10% of the datasheet (it uses the boost ceiling, NVIDIA rates at a lower tensor clock)
+    assert 1.0 <= bf16.value / gpu.datasheet["bfloat16_tensor_flop_per_s"].value < 1.1
+    assert gpu.resources["shared_memory_per_sm_bytes"].value == 228 * KIB
+    limit = gpu.architecture_limits["shared_memory_per_sm_bytes"]
+    assert limit.value == 228 * KIB and "Programming Guide" in limit.source and "10.0" in limit.source
+
+
+def test_hopper_h100_shared_memory_is_228_kib_not_164():
+    with simulated(H100_SXM):
+        caps = HopperDevice("hopper:0").capabilities
+    gpu = caps.sections["gpu"]
+    assert gpu.resources["shared_memory_per_sm_bytes"].value == 228 * KIB
+    assert gpu.resources["shared_memory_per_block_optin_bytes"].value == 227 * KIB
+    assert gpu.architecture_limits["shared_memory_per_sm_bytes"].value == 228 * KIB
+    assert gpu.architecture_limits["shared_memory_per_block_optin_bytes"].value == 227 * KIB
+    assert {"float8_e4m3fn", "float8_e5m2", "tfloat32"} <= set(gpu.tensor_core_dtypes) and "nvfp4" not in gpu.tensor_core_dtypes
+    assert any("wgmma" in f for f in gpu.features) and any("TMA" in f for f in gpu.features)
+    bandwidth = caps.peak["memory_bandwidth_b_per_s"]
+    assert bandwidth.kind == "derived" and bandwidth.value == pytest.approx(3.35e12, rel=0.01)  # datasheet: 3.35 TB/s
+    bf16 = caps.peak["bfloat16_tensor_flop_per_s"].value
+    assert bf16 == pytest.approx(132 * 1980e6 * 4096)
+    assert gpu.datasheet["bfloat16_tensor_flop_per_s"].value == pytest.approx(989.4e12)
+    assert caps.peak["float8_tensor_flop_per_s"].value == pytest.approx(2 * bf16)
+    assert caps.memory_bytes.kind == "measured" and caps.memory_bytes.value == H100_SXM.memory_total_bytes
+    assert gpu.interconnect.nvlink_active_links == 18 and gpu.interconnect.pcie_generation == 5
+    assert gpu.power_limit_w.value == 700
+    validate(caps.to_dict())
+
+
+def test_h200_memory_and_bandwidth():
+    with simulated(H200):
+        caps = HopperDevice("hopper:0").capabilities
+    gpu = caps.sections["gpu"]
+    assert caps.memory_bytes.value > 140e9
+    assert caps.peak["memory_bandwidth_b_per_s"].value == pytest.approx(gpu.datasheet["memory_bandwidth_b_per_s"].value, rel=0.05)
+    assert gpu.datasheet["memory_bytes"].value == 141e9
+
+
+def test_generic_cuda_gpu_has_no_invented_rates():
+    with simulated(A100):
+        device = CudaDevice("cuda:0")
+        caps = device.capabilities
+    validate(caps.to_dict())
+    assert set(caps.peak) == {"memory_bandwidth_b_per_s"}
+    assert caps.sections["gpu"].tensor_core_dtypes == ()
+    assert any("no per-SM rate table" in n for n in caps.notes)
+    assert device.estimate(OpSpec("add", [torch.empty(1024), torch.empty(1024)])).latency_s > 0
+
+
+# --------------------------------------------------------------------------- NVML failing mid-query
+
+
+def test_nvml_losing_a_gpu_mid_query_marks_only_that_gpu():
+    gpus = machine(H100_SXM, H100_SXM)
+    nvml = FakeNvml(gpus, fail={("nvmlDeviceGetMemoryInfo", 1): pynvml.NVML_ERROR_GPU_IS_LOST})
+    with simulated(nvml=nvml, cuda=FakeCuda(gpus)):
+        infos = HopperDevice.probe()
+        checks = HopperDevice.diagnose()
+        HopperDevice("hopper:0")
+        with pytest.raises(DeviceUnavailable, match="memory info"):
+            HopperDevice("hopper:1")
+    assert [i.available for i in infos] == [True, False]
+    assert "memory info of GPU 1" in infos[1].reason and "GpuIsLost" in infos[1].reason and "xid" in infos[1].fix
+    assert any(not c.ok and "GpuIsLost" in c.detail for c in checks)
+    assert nvml.initialised == 0  # the session was shut down although a query raised
+
+
+def test_optional_facts_failing_leave_the_device_usable():
+    gpus = machine(H100_SXM)
+    nvml = FakeNvml(gpus, fail={("nvmlDeviceGetPowerManagementLimit", 0): pynvml.NVML_ERROR_NOT_SUPPORTED, ("nvmlDeviceGetSerial", 0): pynvml.NVML_ERROR_UNKNOWN, ("nvmlDeviceGetMaxClockInfo", 0): pynvml.NVML_ERROR_NOT_SUPPORTED})
+    with simulated(nvml=nvml, cuda=FakeCuda(gpus)):
+        device = HopperDevice("hopper:0")
+        caps = device.capabilities
+        cost = device.estimate(OpSpec("matmul", [torch.empty(64, 64), torch.empty(64, 64)]))
+    gpu = caps.sections["gpu"]
+    assert gpu.unread["power limit"] == "not supported on this GPU" and "Unknown" in gpu.unread["serial"]
+    assert gpu.power_limit_w is None and gpu.serial is None
+    assert "bfloat16_tensor_flop_per_s" not in caps.peak  # no clock, no derived rate: nothing invented
+    assert any("max SM clock not read" in n for n in caps.notes)
+    assert cost.energy_j == 0.0
+    validate(caps.to_dict())
+
+
+def test_nvml_raising_while_counting_is_a_reason():
+    class Flaky(FakeNvml):
+        def nvmlDeviceGetCount(self):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+    reason, _ = _reason(nvml=Flaky(machine(H100_SXM)))
+    assert "could not count the GPUs" in reason
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+def test_telemetry_reads_nvml_and_survives_a_lost_gpu():
+    gpus = machine(H100_SXM)
+    nvml = FakeNvml(gpus)
+    with simulated(nvml=nvml, cuda=FakeCuda(gpus)):
+        device = HopperDevice("hopper:0")
+        reading = device.telemetry()
+        assert reading["power_w"] == 72.0 and reading["temperature_c"] == 31 and reading["gpu_utilisation_pct"] == 0
+        assert reading["memory_used_bytes"] + reading["memory_free_bytes"] == H100_SXM.memory_total_bytes
+        nvml.fail[("nvmlDeviceGetTemperature", 0)] = pynvml.NVML_ERROR_NOT_SUPPORTED
+        assert device.telemetry()["temperature_c"] is None and "temperature" in device.telemetry()["unread"]
+        nvml.fail[("nvmlDeviceGetHandleByIndex", 0)] = pynvml.NVML_ERROR_GPU_IS_LOST
+        with pytest.raises(DeviceFailure, match="GpuIsLost"):
+            device.telemetry()
+        device.close()
+    assert nvml.initialised == 0
+
+
+# --------------------------------------------------------------------------- options, estimates, errors
+
+
+def test_precision_option_sets_tolerances_and_is_checked():
+    with simulated(H100_SXM, A100):
+        native = HopperDevice("hopper:0").capabilities.ops
+        fp8 = HopperDevice("hopper:0?matmul_precision=fp8").capabilities.ops
+        with pytest.raises(InvalidInput, match="native, tf32, bf16, fp16 or fp8"):
+            HopperDevice("hopper:0?matmul_precision=fp4")
+        with pytest.raises(InvalidInput, match="8.9"):
+            CudaDevice("cuda:1?matmul_precision=fp8")
+    assert native["matmul"].tolerance["float32"] == 1e-4
+    assert fp8["matmul"].tolerance["float32"] == matmul_tolerance("float8_e4m3fn")
+    assert fp8["conv2d"].tolerance["float32"] == matmul_tolerance("bfloat16")  # no fp8 convolution: bf16
+    assert fp8["softmax"].tolerance == native["softmax"].tolerance
+
+
+def matmul_tolerance(fmt: str) -> float:
+    from hal.drivers.nvidia.driver import COMPUTE_TOLERANCE
+
+    return COMPUTE_TOLERANCE[fmt]
+
+
+def test_estimate_is_a_roofline_on_derived_peaks():
+    with simulated(H100_SXM):
+        bf16 = HopperDevice("hopper:0?matmul_precision=bf16")
+        fp8 = HopperDevice("hopper:0?matmul_precision=fp8")
+        n = 4096
+        op = OpSpec("matmul", [torch.empty(n, n), torch.empty(n, n)])
+        cost_bf16, cost_fp8 = bf16.estimate(op), fp8.estimate(op)
+        peak = bf16.capabilities.peak["bfloat16_tensor_flop_per_s"].value
+        tiny = bf16.estimate(OpSpec("add", [torch.empty(8), torch.empty(8)]))
+    assert cost_bf16.latency_s == pytest.approx(2 * n**3 / peak)
+    assert cost_fp8.latency_s == pytest.approx(cost_bf16.latency_s / 2)
+    assert cost_fp8.error > cost_bf16.error > 0
+    assert cost_bf16.energy_j == pytest.approx(cost_bf16.latency_s * 700)
+    assert "bfloat16_tensor_flop_per_s" in cost_bf16.formula
+    assert tiny.latency_s < cost_bf16.latency_s
+
+
+def test_tensors_on_another_device_are_refused():
+    with simulated(H100_SXM):
+        device = HopperDevice("hopper:0")
+        x, elsewhere = torch.empty(2, 4), torch.empty(3, 4, device="meta")
+        with pytest.raises(DeviceMismatch, match="cuda:0"):
+            device.prepare(OpSpec("linear", [x], {"weight": elsewhere}), {"weight": elsewhere})
+        program = device.prepare(OpSpec("relu", [x]))
+        with pytest.raises(DeviceMismatch, match="meta"):
+            program(x.to("meta"))
+
+
+def test_out_of_memory_becomes_capacity_exceeded():
+    with simulated(H100_SXM):
+        device = HopperDevice("hopper:0")
+        op = OpSpec("relu", [torch.empty(4)])
+
+        def exhausted(*inputs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB")
+
+        device.torch_device = torch.device("cpu")  # no CUDA here: run the guard on host tensors
+        run = device._guarded(op, exhausted)
+        with pytest.raises(CapacityExceeded, match="20.00 GiB") as caught:
+            run(torch.empty(4))
+    assert caught.value.needed == 20 * 2**30
+    assert caught.value.available == H100_SXM.memory_total_bytes - H100_SXM.memory_used_bytes
+
+
+def test_operands_larger_than_the_gpu_are_refused_before_running():
+    with simulated(H100_SXM):
+        device = HopperDevice("hopper:0")
+        huge = OpSpec("add", [TensorSpec((2**36,)), TensorSpec((2**36,))])  # 2 x 256 GiB of float32
+        support = device._check(huge)  # Device.supports() folds this in (see the report on `_check(op) or Support.yes()`)
+    assert not support and "GiB" in support.reason and "split" in support.reason
+
+
+@pytest.mark.parametrize("choice", ["hal", "sdpa"])
+def test_attention_path_follows_option_dtype_and_shape(choice):
+    q16 = torch.empty(1, 4, 8, 16, dtype=torch.bfloat16)
+    kv16 = torch.empty(1, 2, 8, 16, dtype=torch.bfloat16)
+    with simulated(H100_SXM):
+        device = HopperDevice(f"hopper:0?attention={choice}")
+        half = device.prepare(OpSpec("attention", [q16, kv16, kv16], attrs={"causal": True}))
+        single = device.prepare(OpSpec("attention", [q16.float(), kv16.float(), kv16.float()]))
+        odd_dim = device.prepare(OpSpec("attention", [q16[..., :12], kv16[..., :12], kv16[..., :12]]))
+    assert half.path == ("hal.kernels.attention (Triton)" if choice == "hal" else "torch SDPA")
+    assert single.path == "torch SDPA (IEEE float32)"
+    assert odd_dim.path == "torch SDPA"
+
+
+# --------------------------------------------------------------------------- the precision policy (CPU-run arithmetic)
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("precision", ["native", "tf32", "bf16", "fp16", "fp8"])
+def test_matmul_policy_keeps_dtype_and_meets_its_error_model(precision):
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 96, generator=gen), torch.randn(96, 24, generator=gen)
+    out = matmul.matmul_fn(precision, torch.float32)(a, b)
+    error = _relative_error(out, a.double() @ b.double())
+    assert out.dtype == torch.float32 and out.shape == (40, 24)
+    # tf32 cannot be seen on a CPU (it computes float32), so its model is an upper bound here
+    assert error <= 2 * matmul.expected_error(precision, torch.float32, 96)
+    if precision in ("bf16", "fp16", "fp8"):
+        assert error > matmul.expected_error("native", torch.float32, 96)  # the operands really were narrowed
+
+
+def test_fp8_linear_quantises_the_weight_once_and_pads_odd_sizes():
+    gen = torch.Generator().manual_seed(1)
+    x, w, bias = torch.randn(3, 5, 37, generator=gen), torch.randn(21, 37, generator=gen), torch.randn(21, generator=gen)
+    linear = matmul.linear_fn("fp8", torch.float32, w, bias, "relu")
+    out = linear(x)
+    ref = torch.relu(x.double() @ w.double().T + bias.double())
+    assert out.shape == (3, 5, 21) and out.dtype == torch.float32
+    assert _relative_error(out, ref) < 0.12
+    assert bool((out >= 0).all())
+
+
+def test_fp8_batched_matmul_broadcasts():
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(2, 3, 8, 16, generator=gen), torch.randn(3, 16, 8, generator=gen)
+    out = matmul.fp8_matmul(a, b)
+    assert out.shape == (2, 3, 8, 8)
+    assert _relative_error(out, a.double() @ b.double()) < 0.12
+
+
+def test_fp8_scale_maps_amax_to_the_largest_e4m3_value():
+    t = torch.tensor([[-3.0, 0.5], [1.5, 2.0]])
+    q, scale = matmul.fp8_quantize(t)
+    assert float(scale) == pytest.approx(3.0 / 448)
+    assert float(q.float().abs().max()) == 448
+    zeros, one = matmul.fp8_quantize(torch.zeros(2, 2))
+    assert float(one) == 1.0 and not bool(zeros.float().any())
+
+
+def test_float32_mode_restores_the_process_setting():
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    with matmul.float32_mode(True):
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    with matmul.float32_mode(False):
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
