@@ -1,0 +1,20 @@
+"""hal.runtime: one model across the devices present: capture, place, chain, fall back.
+
+    plan = hal.runtime.plan(model, example_inputs, policy="energy", pins={"fc2": "memristor:0"})
+    print(plan)                          # stage, device, ops, est. latency/energy/error, conversions
+    plan.to_json(); plan.save_plot("plan.png")
+    out = plan.run(x)                    # chained across devices
+    out, report = plan.run(x, profile=True)
+
+Modules: ``capture`` (torch.fx -> graph of OpSpecs), ``placement`` (dynamic programming over the
+topological order), ``costs`` (host, links, conversions), ``convert`` (tensor <-> spikes, optical
+amplitudes, qubit angles), ``executor`` (chained Programs, overlap, fallback), ``explain`` (table, JSON,
+PNG), ``command`` (the ``hal plan`` CLI entry).
+"""
+
+from hal.runtime.capture import Graph, Node, UntraceableModel, capture
+from hal.runtime.executor import Report
+from hal.runtime.placement import POLICIES, Placement
+from hal.runtime.plan import Plan, available_devices, plan
+
+__all__ = ["POLICIES", "Graph", "Node", "Placement", "Plan", "Report", "UntraceableModel", "available_devices", "capture", "plan"]

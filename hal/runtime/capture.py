@@ -1,0 +1,437 @@
+"""Capture: a torch model traced with torch.fx into a graph of OpSpec nodes the planner can place.
+
+Each fx node becomes a ``Node``:
+
+* a vocabulary op (``linear``, ``conv2d``, ``relu``, ``softmax``, ``layer_norm``, ``attention``,
+  ``selective_scan``...) when the module or function maps onto one and its weights are constants of
+  the model: these are placed on devices;
+* a host node otherwise (``flatten``, ``reshape``, indexing, Python arithmetic, modules with no
+  vocabulary equivalent): it runs on the CPU reference through torch and is noted in the plan.
+
+``linear`` followed by a ``relu`` that is its only user is fused into ``linear(activation="relu")``,
+the form spiking and analog layers compute natively. Shapes and dtypes come from running the
+example inputs through the traced graph (``ShapeProp``).
+
+A model torch.fx cannot trace (control flow on tensor values, data-dependent shapes) is refused
+with ``UntraceableModel``, which names the innermost module being traced and suggests pinning it,
+which makes that module one opaque host node (``capture(..., leaf_modules=[name])``).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from hal import ops as vocabulary
+from hal.device import OpSpec, TensorSpec
+from hal.errors import HalError, InvalidInput, ShapeError
+from hal.kernels.selective_scan import selective_scan_reference
+from hal.kernels.torch_ops import attention as attention_kernel
+
+
+class UntraceableModel(InvalidInput):
+    """torch.fx could not trace the model; ``module`` names the submodule it failed in ('' for the root)."""
+
+    def __init__(self, message: str, module: str):
+        super().__init__(message)
+        self.module = module
+
+
+@dataclass
+class Node:
+    """One step of the captured graph.
+
+    ``op`` is the vocabulary OpSpec (None for a host-only step); ``inputs`` name the values it consumes,
+    in the op's operand order; ``params`` are its bound weights; ``host_fn(*input_values)`` computes it
+    on the host when ``op`` is None. ``source`` says what it came from, ``fused`` which nodes were folded in.
+    """
+
+    name: str
+    op: OpSpec | None
+    inputs: tuple[str, ...]
+    params: dict[str, torch.Tensor]
+    output: TensorSpec | None
+    source: str
+    host_fn: Callable[..., Any] | None = None
+    fused: tuple[str, ...] = ()
+
+    @property
+    def is_host_only(self) -> bool:
+        return self.op is None
+
+    @property
+    def label(self) -> str:
+        """Short op text: ``linear+relu``, ``softmax``, or ``host:<what>`` for a host step."""
+        if self.op is None:
+            return "host:" + self.source.split(" (")[-1].rstrip(")").split(".")[-1]
+        if self.op.name == "linear" and self.op.attr("activation") == "relu":
+            return "linear+relu"
+        return self.op.name
+
+
+@dataclass
+class Graph:
+    """A captured model: named inputs, constants, nodes in topological order, and how outputs are built."""
+
+    inputs: list[str]
+    input_specs: list[TensorSpec]
+    constants: dict[str, torch.Tensor]
+    nodes: list[Node]
+    outputs: list[str]
+    build_output: Callable[[list[Any]], Any]
+    notes: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def value_spec(self, name: str) -> TensorSpec | None:
+        """Shape/dtype of a value (graph input, constant or node output); None if it is not a tensor."""
+        return self._specs().get(name)
+
+    def _specs(self) -> dict[str, TensorSpec | None]:
+        specs: dict[str, TensorSpec | None] = dict(zip(self.inputs, self.input_specs))
+        specs.update({k: TensorSpec.of(v) for k, v in self.constants.items()})
+        specs.update({n.name: n.output for n in self.nodes})
+        return specs
+
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps vocabulary kernels whole, honours extra leaf modules and remembers where it failed."""
+
+    def __init__(self, leaf_modules: Iterable[str]):
+        super().__init__(autowrap_functions=(selective_scan_reference, attention_kernel))
+        self.leaves = set(leaf_modules)
+        self.stack: list[str] = []
+        self.failed_in: str | None = None
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        name = self.path_of_module(m)
+        self.stack.append(name)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = name
+            raise
+        finally:
+            self.stack.pop()
+
+
+def trace(model: torch.nn.Module, leaf_modules: Iterable[str] = ()) -> fx.GraphModule:
+    """Symbolically trace ``model``; UntraceableModel names the failing module and suggests a pin."""
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidInput(f"plan() takes a torch.nn.Module, got {type(model).__name__}")
+    tracer = _Tracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except HalError:
+        raise
+    except Exception as exc:
+        where = tracer.failed_in or ""
+        label = f"module {where!r} ({type(model.get_submodule(where)).__name__})" if where else f"the model's own forward ({type(model).__name__})"
+        pin = where or "<module name>"
+        raise UntraceableModel(
+            f"torch.fx cannot trace {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            f"Pin it to run whole on the CPU reference (pins={{{pin!r}: 'cpu:0'}}, or `--pin {pin}=cpu:0`), "
+            "or remove the control flow that depends on tensor values",
+            where,
+        ) from exc
+    return fx.GraphModule(model, graph)
+
+
+def _fetch(module: torch.nn.Module, target: str) -> Any:
+    value: Any = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _spec(node: fx.Node) -> TensorSpec | None:
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, TensorMetadata):
+        return TensorSpec(tuple(meta.shape), meta.dtype)
+    return None
+
+
+# --------------------------------------------------------------------------- mapping onto the vocabulary
+
+
+@dataclass
+class _Mapped:
+    """A vocabulary reading of one fx node: op name, tensor operands (fx nodes), params, attrs."""
+
+    name: str
+    operands: list[fx.Node]
+    params: dict[str, torch.Tensor]
+    attrs: dict[str, Any]
+
+
+def _arg(node: fx.Node, index: int, key: str, default: Any = None) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(key, default)
+
+
+def _map_module(m: torch.nn.Module, node: fx.Node) -> _Mapped | None:
+    if node.kwargs or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        return None
+    x = [node.args[0]]
+    if isinstance(m, torch.nn.Linear):
+        return _Mapped("linear", x, {"weight": m.weight, "bias": m.bias}, {})
+    if isinstance(m, torch.nn.ReLU):
+        return _Mapped("relu", x, {}, {})
+    if isinstance(m, torch.nn.SiLU):
+        return _Mapped("silu", x, {}, {})
+    if isinstance(m, torch.nn.GELU):
+        return _Mapped("gelu", x, {}, {"approximate": m.approximate})
+    if isinstance(m, torch.nn.Softmax) and m.dim is not None:
+        return _Mapped("softmax", x, {}, {"dim": m.dim})
+    if isinstance(m, torch.nn.LayerNorm) and len(m.normalized_shape) == 1:
+        return _Mapped("layer_norm", x, {"weight": m.weight, "bias": m.bias}, {"eps": m.eps})
+    if isinstance(m, torch.nn.RMSNorm) and len(m.normalized_shape) == 1:
+        eps = m.eps if m.eps is not None else torch.finfo(torch.float32).eps
+        return _Mapped("rms_norm", x, {"weight": m.weight}, {"eps": eps})
+    if isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+        attrs = {"stride": tuple(m.stride), "padding": tuple(m.padding), "dilation": tuple(m.dilation), "groups": m.groups}
+        return _Mapped("conv2d", x, {"weight": m.weight, "bias": m.bias}, attrs)
+    return None
+
+
+_UNARY_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.silu: "silu"}
+_BINARY_FUNCTIONS = {
+    operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
+    operator.matmul: "matmul", torch.matmul: "matmul",
+}
+_METHODS = {"relu": "relu", "add": "add", "mul": "mul", "matmul": "matmul", "__add__": "add", "__mul__": "mul"}
+
+
+def _map_function(gm: fx.GraphModule, node: fx.Node, constant: Callable[[Any], torch.Tensor | None]) -> _Mapped | None:
+    target = node.target
+    args = node.args
+    is_value = lambda a: isinstance(a, fx.Node) and constant(a) is None  # noqa: E731
+    if node.op == "call_method":
+        name = _METHODS.get(target)
+        if target == "softmax":
+            dim = _arg(node, 1, "dim")
+            if isinstance(dim, int) and is_value(args[0]) and set(node.kwargs) <= {"dim"}:
+                return _Mapped("softmax", [args[0]], {}, {"dim": dim})
+            return None
+        if name is None or node.kwargs:
+            return None
+        operands = list(args)
+        if len(operands) == (1 if name == "relu" else 2) and all(isinstance(a, fx.Node) for a in operands):
+            return _Mapped(name, operands, {}, {})
+        return None
+    if target in _UNARY_FUNCTIONS and len(args) == 1 and not node.kwargs.get("inplace"):
+        return _Mapped(_UNARY_FUNCTIONS[target], [args[0]], {}, {}) if isinstance(args[0], fx.Node) else None
+    if target in _BINARY_FUNCTIONS and len(args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in args):
+        return _Mapped(_BINARY_FUNCTIONS[target], list(args), {}, {})
+    if target is F.gelu and isinstance(args[0], fx.Node) and len(args) == 1:
+        return _Mapped("gelu", [args[0]], {}, {"approximate": node.kwargs.get("approximate", "none")})
+    if target in (F.softmax, torch.softmax):
+        dim = _arg(node, 1, "dim")
+        if isinstance(dim, int) and isinstance(args[0], fx.Node) and set(node.kwargs) <= {"dim"}:
+            return _Mapped("softmax", [args[0]], {}, {"dim": dim})
+        return None
+    if target is F.linear:
+        weight, bias = _arg(node, 1, "weight"), _arg(node, 2, "bias")
+        w = constant(weight) if isinstance(weight, fx.Node) else None
+        b = constant(bias) if isinstance(bias, fx.Node) else None
+        if w is not None and (bias is None or b is not None) and isinstance(args[0], fx.Node):
+            return _Mapped("linear", [args[0]], {"weight": w, "bias": b}, {})
+        return None
+    if target is F.scaled_dot_product_attention:
+        q, k, v = (_arg(node, i, key) for i, key in enumerate(("query", "key", "value")))
+        mask, dropout = _arg(node, 3, "attn_mask"), _arg(node, 4, "dropout_p", 0.0)
+        extra = set(node.kwargs) - {"query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"}
+        if mask is None and not dropout and not extra and all(isinstance(t, fx.Node) for t in (q, k, v)):
+            attrs = {"causal": bool(_arg(node, 5, "is_causal", False)), "scale": _arg(node, 6, "scale")}
+            return _Mapped("attention", [q, k, v], {}, attrs)
+        return None
+    if target is attention_kernel:
+        q, k, v = args[:3]
+        attrs = {"causal": bool(_arg(node, 3, "causal", False)), "scale": _arg(node, 4, "scale")}
+        return _Mapped("attention", [q, k, v], {}, attrs)
+    if target is selective_scan_reference and len(args) == 6 and not node.kwargs:
+        return _Mapped("selective_scan", list(args), {}, {})
+    if target in (F.layer_norm, F.rms_norm):
+        shape = _arg(node, 1, "normalized_shape")
+        w = _arg(node, 2, "weight")
+        weight = constant(w) if isinstance(w, fx.Node) else None
+        if target is F.layer_norm:
+            b = _arg(node, 3, "bias")
+            bias = constant(b) if isinstance(b, fx.Node) else None
+            eps = _arg(node, 4, "eps", 1e-5)
+            params, ok = {"weight": weight, "bias": bias}, (w is None or weight is not None) and (b is None or bias is not None)
+            name = "layer_norm"
+        else:
+            eps = _arg(node, 3, "eps", None) or torch.finfo(torch.float32).eps
+            params, ok, name = {"weight": weight}, w is None or weight is not None, "rms_norm"
+        if ok and isinstance(args[0], fx.Node) and len(tuple(shape)) == 1:
+            return _Mapped(name, [args[0]], params, {"eps": eps})
+    return None
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def _host_function(gm: fx.GraphModule, node: fx.Node, refs: list[fx.Node]) -> Callable[..., Any]:
+    """A host callable for ``node`` taking its referenced values in ``refs`` order."""
+    position = {ref: i for i, ref in enumerate(refs)}
+    template = (node.args, node.kwargs)
+    module = gm.get_submodule(node.target) if node.op == "call_module" else None
+
+    def run(*values: Any) -> Any:
+        args, kwargs = fx.node.map_arg(template, lambda r: values[position[r]])
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            self_, *rest = args
+            return getattr(self_, node.target)(*rest, **kwargs)
+        return module(*args, **kwargs)
+
+    return run
+
+
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module {node.target} ({type(gm.get_submodule(node.target)).__name__})"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    target = node.target
+    return f"{getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', str(target))}".lstrip(".")
+
+
+def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf_modules: Iterable[str] = ()) -> Graph:
+    """Trace ``model`` on ``example_inputs`` into a Graph of vocabulary and host nodes (linear+relu fused)."""
+    gm = trace(model, leaf_modules)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(example_inputs):
+        raise ShapeError(f"the model's forward takes {len(placeholders)} input(s) ({', '.join(p.name for p in placeholders)}) but {len(example_inputs)} example input(s) were given")
+    for i, t in enumerate(example_inputs):
+        if not isinstance(t, torch.Tensor):
+            raise InvalidInput(f"example input {i} must be a torch.Tensor, got {type(t).__name__}")
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example_inputs)
+
+    constants: dict[str, torch.Tensor] = {}
+    literal: dict[fx.Node, Any] = {}
+    names: dict[fx.Node, str] = {}
+    nodes: list[Node] = []
+    notes: list[str] = []
+    module_uses: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            module_uses[n.target] = module_uses.get(n.target, 0) + 1
+
+    def constant(ref: Any) -> torch.Tensor | None:
+        value = literal.get(ref)
+        return value if isinstance(value, torch.Tensor) else None
+
+    output_node: fx.Node | None = None
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            names[n] = n.name
+            continue
+        if n.op == "get_attr":
+            value = _fetch(gm, n.target)
+            literal[n] = value.detach() if isinstance(value, torch.Tensor) else value
+            names[n] = n.target
+            if isinstance(value, torch.Tensor):
+                constants[n.target] = value.detach()
+            continue
+        if n.op == "output":
+            output_node = n
+            continue
+        name = n.target if n.op == "call_module" and module_uses[n.target] == 1 else n.name
+        names[n] = name
+        out = _spec(n)
+        mapped = None
+        if n.op == "call_module":
+            mapped = _map_module(gm.get_submodule(n.target), n)
+        elif n.op in ("call_function", "call_method"):
+            mapped = _map_function(gm, n, constant)
+        op = None
+        if mapped is not None and out is not None and all(_spec(a) is not None for a in mapped.operands):
+            try:
+                op = OpSpec(mapped.name, [_spec(a) for a in mapped.operands], mapped.params, mapped.attrs)
+                vocabulary.check(op)
+            except HalError:
+                op = None
+        if op is not None:
+            params = {k: v.detach() for k, v in mapped.params.items() if v is not None}
+            nodes.append(Node(name, op, tuple(names[a] for a in mapped.operands), params, out, _describe(gm, n)))
+            continue
+        refs: list[fx.Node] = []
+        fx.node.map_arg((n.args, n.kwargs), lambda r: refs.append(r) if r not in refs else None)
+        nodes.append(Node(name, None, tuple(names[r] for r in refs), {}, out, _describe(gm, n), host_fn=_host_function(gm, n, refs)))
+
+    assert output_node is not None
+    out_refs: list[fx.Node] = []
+    fx.node.map_arg(output_node.args[0], lambda r: out_refs.append(r) if r not in out_refs else None)
+    out_position = {r: i for i, r in enumerate(out_refs)}
+    template = output_node.args[0]
+
+    def build_output(values: list[Any]) -> Any:
+        return fx.node.map_arg(template, lambda r: values[out_position[r]])
+
+    graph = Graph(
+        inputs=[p.name for p in placeholders],
+        input_specs=[TensorSpec.of(t) for t in example_inputs],
+        constants=constants,
+        nodes=nodes,
+        outputs=[names[r] for r in out_refs],
+        build_output=build_output,
+        notes=notes,
+    )
+    _fuse_linear_relu(graph)
+    return graph
+
+
+def _fuse_linear_relu(graph: Graph) -> None:
+    """Fold ``relu(linear(x))`` into ``linear(x, activation="relu")`` where the relu is the linear's only user."""
+    users: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for ref in set(n.inputs):
+            users.setdefault(ref, []).append(n)
+    by_name = {n.name: n for n in graph.nodes}
+    removed: set[str] = set()
+    for relu in graph.nodes:
+        if relu.op is None or relu.op.name != "relu":
+            continue
+        producer = by_name.get(relu.inputs[0])
+        if producer is None or producer.op is None or producer.op.name != "linear" or producer.op.attr("activation") != "none":
+            continue
+        if len(users.get(producer.name, [])) != 1 or producer.name in graph.outputs:
+            continue
+        attrs = dict(producer.op.attrs)
+        attrs["activation"] = "relu"
+        producer.op = OpSpec("linear", producer.op.inputs, dict(producer.op.params), attrs)
+        producer.fused = (*producer.fused, relu.name)
+        removed.add(relu.name)
+        graph.aliases[relu.name] = producer.name
+        _rename_value(graph, relu.name, producer.name)
+    if removed:
+        graph.nodes = [n for n in graph.nodes if n.name not in removed]
+        graph.notes.append(f"fused {len(removed)} relu(s) into the linear before them (linear activation='relu'): {', '.join(sorted(removed))}")
+
+
+def _rename_value(graph: Graph, old: str, new: str) -> None:
+    for n in graph.nodes:
+        if old in n.inputs:
+            n.inputs = tuple(new if r == old else r for r in n.inputs)
+    graph.outputs = [new if r == old else r for r in graph.outputs]

@@ -1,0 +1,238 @@
+"""Execution: prepared Programs chained stage by stage, overlapping independent stages, falling back on failure.
+
+A stage is a maximal run of consecutive nodes (in topological order) on one location. Programs are
+prepared once per (node, device) and kept by the plan. Stages whose inputs are ready run as soon as
+their device is free; when the stage graph is a chain (the common case) they run in the caller's
+thread with no scheduling at all.
+
+If preparing or running a Program raises (``DeviceFailure`` from a lost link, or any other exception),
+that device is dropped from the plan, the nodes not yet executed are re-placed on the remaining
+devices (executed nodes keep their results, at no cost), a ``RuntimeWarning`` says so, and the run
+continues; the report records the device, the node and the error. Caller inputs are never mutated:
+host steps that receive a caller's tensor get a copy.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hal.device import Device, Program
+from hal.errors import DeviceFailure
+from hal.kernels.torch_ops import TORCH_OPS
+from hal.runtime.capture import Graph, Node
+from hal.runtime.costs import HOST
+from hal.runtime.placement import Placement
+
+if TYPE_CHECKING:
+    from hal.runtime.plan import Plan
+
+
+@dataclass
+class Stage:
+    """Consecutive nodes on one location, and the stages whose results they wait for."""
+
+    index: int
+    location: int
+    nodes: list[int]
+    deps: set[int] = field(default_factory=set)
+
+
+@dataclass
+class StageRecord:
+    """What one stage did in a run: where, which nodes, its estimate and (with profile=True) its measured time."""
+
+    stage: int
+    device: str
+    nodes: list[str]
+    est_latency_s: float
+    start_s: float | None = None
+    measured_s: float | None = None
+
+
+@dataclass
+class Fallback:
+    """A device dropped mid-run: which, while running which node, the error, and where the rest went."""
+
+    device: str
+    node: str
+    error: str
+    replaced_by: dict[str, str]
+
+
+@dataclass
+class Report:
+    """The record of one run: stages (measured when profiled), fallbacks, and a re-plan for new input shapes."""
+
+    stages: list[StageRecord] = field(default_factory=list)
+    fallbacks: list[Fallback] = field(default_factory=list)
+    replanned_for: list[list[int]] | None = None
+    total_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _StageFailed(Exception):
+    def __init__(self, location: int, node: str, error: BaseException):
+        super().__init__(str(error))
+        self.location, self.node, self.error = location, node, error
+
+
+def build_stages(graph: Graph, placement: Placement, done: set[str]) -> list[Stage]:
+    """Group the not-yet-executed nodes into stages and link each to the stages it depends on."""
+    stages: list[Stage] = []
+    stage_of: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        if node.name in done:
+            continue
+        loc = placement.assignment[i]
+        if not stages or stages[-1].location != loc:
+            stages.append(Stage(len(stages), loc, []))
+        stage = stages[-1]
+        stage.nodes.append(i)
+        stage_of[node.name] = stage.index
+        for r in node.inputs:
+            s = stage_of.get(r)
+            if s is not None and s != stage.index:
+                stage.deps.add(s)
+    return stages
+
+
+def is_chain(stages: list[Stage]) -> bool:
+    return all(s.deps <= {s.index - 1} for s in stages)
+
+
+class Executor:
+    """Runs a Plan's graph on given inputs; keeps no state between runs except the plan's Programs."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    # ---- one node
+    def _program(self, node: Node, device: Device) -> Program:
+        key = (node.name, str(device))
+        program = self.plan.programs.get(key)
+        if program is None or not program.valid:
+            program = device.prepare(node.op, node.params)
+            self.plan.programs[key] = program
+        return program
+
+    def _run_node(self, node: Node, device: Device | None, values: dict[str, Any], caller_inputs: set[str]) -> Any:
+        args = [values[r] for r in node.inputs]
+        if device is None:
+            args = [a.cpu() if isinstance(a, torch.Tensor) and a.device.type != "cpu" else a for a in args]
+            if node.op is None:
+                args = [a.clone() if r in caller_inputs and isinstance(a, torch.Tensor) else a for r, a in zip(node.inputs, args)]
+                return node.host_fn(*args)
+            return TORCH_OPS[node.op.name](args, node.params, dict(node.op.attrs))
+        target = device.torch_device
+        args = [a if a.device.type == "cpu" or a.device == target else a.to(target) for a in args]
+        return self._program(node, device)(*args)
+
+    def _run_stage(self, stage: Stage, placement: Placement, values: dict[str, Any], done: set[str], caller_inputs: set[str]) -> None:
+        graph = self.plan.graph
+        device = placement.locations[stage.location]
+        for i in stage.nodes:
+            node = graph.nodes[i]
+            try:
+                values[node.name] = self._run_node(node, device, values, caller_inputs)
+            except Exception as exc:
+                if device is None:
+                    raise
+                raise _StageFailed(stage.location, node.name, exc) from exc
+            done.add(node.name)
+
+    # ---- a whole run
+    def run(self, inputs: tuple[torch.Tensor, ...], profile: bool) -> tuple[Any, Report]:
+        graph = self.plan.graph
+        values: dict[str, Any] = dict(zip(graph.inputs, inputs))
+        values.update(graph.constants)
+        caller_inputs = set(graph.inputs)
+        done: set[str] = set()
+        report = Report()
+        t0 = time.perf_counter()
+        while True:
+            placement = self.plan.placement
+            stages = build_stages(graph, placement, done)
+            try:
+                if is_chain(stages) or not self.plan.overlap:
+                    self._run_serial(stages, placement, values, done, caller_inputs, report if profile else None, t0)
+                else:
+                    self._run_overlapped(stages, placement, values, done, caller_inputs, report if profile else None, t0)
+                break
+            except _StageFailed as failure:
+                self._fall_back(failure, placement, done, report)
+        outputs = [values[name] for name in graph.outputs]
+        outputs = [o.cpu() if isinstance(o, torch.Tensor) and o.device.type != "cpu" else o for o in outputs]
+        if profile:
+            report.total_s = time.perf_counter() - t0
+        return graph.build_output(outputs), report
+
+    def _record(self, stage: Stage, placement: Placement, start: float, end: float, t0: float) -> StageRecord:
+        names = [self.plan.graph.nodes[i].name for i in stage.nodes]
+        est = sum(placement.node_costs[i].latency_s for i in stage.nodes)
+        return StageRecord(stage.index, placement.label(stage.location), names, est, start - t0, end - start)
+
+    def _run_serial(self, stages, placement, values, done, caller_inputs, report, t0) -> None:
+        for stage in stages:
+            if report is None:
+                self._run_stage(stage, placement, values, done, caller_inputs)
+                continue
+            start = time.perf_counter()
+            self._run_stage(stage, placement, values, done, caller_inputs)
+            report.stages.append(self._record(stage, placement, start, time.perf_counter(), t0))
+
+    def _run_overlapped(self, stages, placement, values, done, caller_inputs, report, t0) -> None:
+        """Run ready stages concurrently, at most one per location (a device runs one stage at a time)."""
+        waiting = {s.index: set(s.deps) for s in stages}
+        busy: set[int] = set()
+        running: dict[Future, tuple[Stage, float]] = {}
+        failure: _StageFailed | None = None
+        with ThreadPoolExecutor(max_workers=len({s.location for s in stages}), thread_name_prefix="hal-stage") as pool:
+            while waiting or running:
+                if failure is None:
+                    for index in sorted(waiting):
+                        stage = stages[index]
+                        if not waiting[index] and stage.location not in busy:
+                            del waiting[index]
+                            busy.add(stage.location)
+                            running[pool.submit(self._run_stage, stage, placement, values, done, caller_inputs)] = (stage, time.perf_counter())
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: running[f][0].index):
+                    stage, start = running.pop(future)
+                    busy.discard(stage.location)
+                    error = future.exception()
+                    if error is not None:
+                        if not isinstance(error, _StageFailed):
+                            raise error
+                        failure = failure or error
+                        continue
+                    if report is not None:
+                        report.stages.append(self._record(stage, placement, start, time.perf_counter(), t0))
+                    for deps in waiting.values():
+                        deps.discard(stage.index)
+        if failure is not None:
+            raise failure
+
+    def _fall_back(self, failure: _StageFailed, placement: Placement, done: set[str], report: Report) -> None:
+        device = placement.locations[failure.location]
+        error = failure.error
+        kind = "device failure" if isinstance(error, DeviceFailure) else "error"
+        new = self.plan.drop_device(device, done)
+        moved = {
+            node.name: new.label(new.assignment[i])
+            for i, node in enumerate(self.plan.graph.nodes)
+            if node.name not in done and placement.assignment[i] == failure.location
+        }
+        message = f"{type(error).__name__}: {error}"
+        report.fallbacks.append(Fallback(str(device), failure.node, message, moved))
+        targets = ", ".join(sorted(set(moved.values()))) or HOST
+        warnings.warn(f"{device} failed ({kind}) while running {failure.node!r}: {message}; dropped it and re-planned the remaining nodes onto {targets}", RuntimeWarning, stacklevel=4)

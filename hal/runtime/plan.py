@@ -1,0 +1,248 @@
+"""``plan(model, example_inputs, policy, pins, devices)``: capture, place, and return an inspectable, runnable Plan."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+import hal
+from hal import registry
+from hal.device import Device, DeviceURI, Program
+from hal.errors import HalError, InvalidInput, ShapeError
+from hal.runtime.capture import Graph, UntraceableModel, capture
+from hal.runtime.costs import HOST, HostModel
+from hal.runtime.executor import Executor, Report, Stage, build_stages
+from hal.runtime.placement import Placement, _Queries, place
+
+
+def available_devices() -> tuple[list[Device], list[str]]:
+    """Open every available device the registry probes (board transports excluded); notes for those that fail to open."""
+    devices, notes = [], []
+    for info in hal.devices():
+        if info.kind == registry.BOARD_DRIVER:
+            continue
+        try:
+            devices.append(hal.device(info.uri))
+        except HalError as exc:
+            notes.append(f"{info.uri} was probed available but did not open: {exc}")
+    return devices, notes
+
+
+def _open(devices: Iterable[Device | str]) -> list[Device]:
+    opened: dict[str, Device] = {}
+    for d in devices:
+        device = d if isinstance(d, Device) else hal.device(d)
+        opened[str(device)] = device
+    return [opened[k] for k in sorted(opened)]
+
+
+def _host_model(devices: Sequence[Device]) -> HostModel:
+    for d in devices:
+        if d.kind == "cpu":
+            return HostModel.from_device(d)
+    try:
+        return HostModel.from_device(hal.device("cpu:0"))
+    except HalError:
+        return HostModel.default()
+
+
+def _as_inputs(inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs)
+    raise InvalidInput(f"example inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}")
+
+
+def _capture_with_pins(model: torch.nn.Module, example_inputs: tuple, pins: Mapping[str, str]) -> Graph:
+    """Capture; where tracing fails inside a pinned module (or one under a pinned prefix), keep that module whole."""
+    leaves: list[str] = []
+    while True:
+        try:
+            return capture(model, example_inputs, leaves)
+        except UntraceableModel as exc:
+            covering = [p for p in pins if exc.module and (exc.module == p or exc.module.startswith(p + "."))]
+            if not covering or min(covering, key=len) in leaves:
+                raise
+            leaves.append(min(covering, key=len))
+
+
+def _expand_pins(graph: Graph, pins: Mapping[str, str]) -> dict[str, str]:
+    """Node pins from user pins: exact node names, fused-node aliases, or module prefixes ('block' pins 'block.*')."""
+    names = graph.node_names()
+    expanded: dict[str, str] = {}
+    for key, uri in pins.items():
+        target = graph.aliases.get(key, key)
+        matched = [n for n in names if n == target or n.startswith(target + ".")]
+        if not matched:
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise InvalidInput(f"pin {key!r}={uri!r} names no node of the captured graph{hint} Nodes: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+        for n in matched:
+            expanded[n] = uri
+    return expanded
+
+
+def _canonical_pin(uri: str) -> str:
+    return HOST if uri == HOST else str(DeviceURI.parse(uri))
+
+
+def plan(
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    policy: str = "latency",
+    pins: Mapping[str, str] | None = None,
+    devices: Iterable[Device | str] | None = None,
+    overlap: bool = True,
+) -> Plan:
+    """Trace ``model`` on ``example_inputs`` and place it across ``devices`` (default: every available device).
+
+    ``policy`` is "latency", "energy" or "accuracy"; ``pins`` maps node names (module names such as "fc2",
+    or prefixes such as "encoder") to device strings ("memristor:0", or "cpu:0"/"host" for the CPU
+    reference). Raises UnsupportedOp before anything runs if a pinned device cannot run its node.
+    """
+    inputs = _as_inputs(example_inputs)
+    pins = {k: _canonical_pin(v) for k, v in (pins or {}).items()}
+    notes: list[str] = []
+    if devices is None:
+        found, notes = available_devices()
+    else:
+        found = _open(devices)
+    pinned = [hal.device(uri) for uri in pins.values() if uri != HOST]
+    found = _open([*found, *pinned])
+    graph = _capture_with_pins(model, inputs, pins)
+    return Plan(model, graph, found, policy, pins, overlap, notes)
+
+
+class Plan:
+    """A placed graph: print it (table), ``to_json()``, ``save_plot(path)``, ``run(*inputs, profile=False)``."""
+
+    def __init__(self, model: torch.nn.Module, graph: Graph, devices: list[Device], policy: str, pins: Mapping[str, str], overlap: bool = True, notes: Iterable[str] = ()):
+        self.model = model
+        self.graph = graph
+        self.devices = list(devices)
+        self.policy = policy
+        self.pins = dict(pins)
+        self.overlap = overlap
+        self.notes = [*notes, *graph.notes]
+        self.host = _host_model(self.devices)
+        self.programs: dict[tuple[str, str], Program] = {}
+        self.dropped: list[str] = []
+        self.last_report: Report | None = None
+        self._queries = _Queries()
+        self._node_pins = _expand_pins(graph, self.pins)
+        self.placement: Placement = place(graph, self.devices, policy, self._node_pins, self.host, queries=self._queries)
+        self._variants: dict[tuple, Plan] = {}
+
+    # ---- inspection
+    @property
+    def stages(self) -> list[Stage]:
+        return build_stages(self.graph, self.placement, set())
+
+    def device_of(self, node: str) -> str:
+        """Where a node runs ('host' for the CPU reference)."""
+        name = self.graph.aliases.get(node, node)
+        for i, n in enumerate(self.graph.nodes):
+            if n.name == name:
+                return self.placement.label(self.placement.assignment[i])
+        raise InvalidInput(f"no node {node!r} in this plan; nodes: {', '.join(self.graph.node_names())}")
+
+    def to_dict(self) -> dict[str, Any]:
+        from hal.runtime.explain import plan_to_dict
+
+        return plan_to_dict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def table(self):
+        """The plan as a rich Table."""
+        from hal.runtime.explain import plan_table
+
+        return plan_table(self)
+
+    def __rich__(self):
+        return self.table()
+
+    def __str__(self) -> str:
+        from hal.runtime.explain import render_text
+
+        return render_text(self)
+
+    def save_plot(self, path: str, report: Report | None = None) -> None:
+        """PNG: Gantt of stages by device (estimated, or measured from ``report``) and energy by device."""
+        from hal.runtime.explain import save_plot
+
+        save_plot(self, path, report)
+
+    # ---- execution
+    def prepare(self) -> None:
+        """Prepare every device Program now (otherwise the first run does it)."""
+        executor = Executor(self)
+        for i, node in enumerate(self.graph.nodes):
+            device = self.placement.locations[self.placement.assignment[i]]
+            if device is not None:
+                executor._program(node, device)
+
+    def run(self, *inputs: Any, profile: bool = False) -> Any:
+        """Run the plan on ``inputs``; with ``profile=True`` return ``(outputs, report)``.
+
+        Inputs of a new batch size (same dtype and other dimensions) are re-planned with the same policy and
+        pins (the new plan is cached); any other shape is refused with ShapeError.
+        """
+        if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
+            inputs = tuple(inputs[0])
+        target = self._plan_for(inputs)
+        outputs, report = Executor(target).run(tuple(inputs), profile)
+        if target is not self:
+            report.replanned_for = [list(t.shape) for t in inputs]
+        self.last_report = report
+        return (outputs, report) if profile else outputs
+
+    def _plan_for(self, inputs: tuple) -> Plan:
+        specs = self.graph.input_specs
+        if len(inputs) != len(specs):
+            raise ShapeError(f"this plan takes {len(specs)} input(s), got {len(inputs)}")
+        same = True
+        for i, (t, spec) in enumerate(zip(inputs, specs)):
+            if not isinstance(t, torch.Tensor):
+                raise InvalidInput(f"input {i} must be a torch.Tensor, got {type(t).__name__}")
+            if spec.mismatch(t) is None:
+                continue
+            same = False
+            if t.dtype != spec.dtype or t.dim() != len(spec.shape) or tuple(t.shape[1:]) != tuple(spec.shape[1:]):
+                raise ShapeError(
+                    f"input {i} is {str(t.dtype)[6:]}{list(t.shape)} but the plan was made for {str(spec.dtype)[6:]}{list(spec.shape)}; "
+                    "only the batch (first) dimension may change: plan again with example inputs of this shape"
+                )
+        if same:
+            return self
+        key = tuple(tuple(t.shape) for t in inputs)
+        variant = self._variants.get(key)
+        if variant is None:
+            graph = _capture_with_pins(self.model, tuple(t.detach() for t in inputs), self.pins)
+            variant = Plan(self.model, graph, self.devices, self.policy, self.pins, self.overlap, self.notes)
+            variant.notes.append(f"re-planned for input shapes {[list(s) for s in key]}")
+            self._variants[key] = variant
+        return variant
+
+    def drop_device(self, device: Device | None, done: set[str]) -> Placement:
+        """Remove ``device`` and re-place the nodes not in ``done``; executed nodes keep their place at zero cost."""
+        old = self.placement
+        self.devices = [d for d in self.devices if d != device]
+        self.dropped.append(str(device))
+        new_locations = [None, *sorted(self.devices, key=str)]
+        fixed: dict[str, int] = {}
+        for i, node in enumerate(self.graph.nodes):
+            if node.name in done:
+                where = old.locations[old.assignment[i]]
+                fixed[node.name] = new_locations.index(where) if where in new_locations else 0
+        pins = {n: uri for n, uri in self._node_pins.items() if uri != str(device)}
+        self._node_pins = pins
+        self.placement = place(self.graph, self.devices, self.policy, pins, self.host, fixed, self._queries)
+        self.notes.append(f"{device} was dropped after a failure; remaining nodes re-placed")
+        return self.placement
