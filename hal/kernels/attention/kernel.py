@@ -118,16 +118,24 @@ class AttentionKernel:
         def best(candidates, run, kernel):
             if len(candidates) == 1:
                 return candidates[0]
-            times = [triton.testing.do_bench(lambda c=c: run(c), warmup=5, rep=25, return_mode="median")
-                     for c in candidates]
+            times, errors = [], {}
+            for c in candidates:
+                try:
+                    times.append(triton.testing.do_bench(lambda c=c: run(c), warmup=5, rep=25, return_mode="median"))
+                except Exception as e:  # a candidate this compiler/GPU cannot build is skipped, and logged
+                    times.append(float("inf"))
+                    errors[str(tuple(c.__dict__.values()))] = repr(e)[:200]
             self.tuning_log.append({"kernel": kernel, "q_shape": list(q.shape), "k_shape": list(k.shape),
-                                    "ms": {str(tuple(c.__dict__.values())): t for c, t in zip(candidates, times)}})
+                                    "ms": {str(tuple(c.__dict__.values())): t for c, t in zip(candidates, times)},
+                                    "errors": errors})
+            if min(times) == float("inf"):
+                raise RuntimeError(f"no {kernel} tile config compiled for {tuple(q.shape)}: {errors}")
             return candidates[min(range(len(times)), key=times.__getitem__)]
 
         f = best(fwd, lambda c: self.forward(qs, ks, vs, scale, c), "forward")
         out, lse = self.forward(qs, ks, vs, scale, f)
         do = torch.randn(q.shape, generator=gen, device=q.device, dtype=q.dtype)
-        delta = (out.float() * do.float()).sum(-1)
+        delta = self.delta(out, do, lse, None)
         b1 = best(dkdv, lambda c: self.backward_dkdv(qs, ks, vs, do, lse, delta, scale, c), "dkdv")
         b2 = best(dq, lambda c: self.backward_dq(qs, ks, vs, do, lse, delta, scale, c), "dq")
         return f, b1, b2
@@ -157,14 +165,31 @@ class AttentionKernel:
         bm = self.block_map(q, k, config.block_m, config.block_n)
         lists, map_scalars = self._map_args(bm, bm.by_query)
         grid = (bm.states.shape[2], batch * heads)
+        desc_k, desc_v = k, v
+        if config.use_tma:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+            rows = k.shape[0] * k.shape[1] * k.shape[2]
+            desc_k = TensorDescriptor(k, [rows, self.head_dim], [self.head_dim, 1], [config.block_n, self.head_dim])
+            desc_v = TensorDescriptor(v, [rows, self.head_dim], [self.head_dim, 1], [config.block_n, self.head_dim])
         self.module.attention_forward[grid](
-            q, k, v, out, lse, *lists, scale,
+            q, k, v, desc_k, desc_v, out, lse, *lists, scale,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             seq_q, k.shape[2], heads, heads // k.shape[1], *map_scalars, *self._tensor_args(q.device),
             HEAD_DIM=self.head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-            HAS_SCORE=self.score_mod is not None, DOT_F32=self._dot_f32(q), num_warps=config.num_warps, num_stages=config.num_stages)
+            HAS_SCORE=self.score_mod is not None, DOT_F32=self._dot_f32(q), USE_TMA=config.use_tma,
+            WARP_SPECIALIZE=config.warp_specialize, num_warps=config.num_warps, num_stages=config.num_stages)
         return out, lse
+
+    def delta(self, out, d_out, lse, d_lse):
+        """``rowsum(dO * O) - dlse`` in float32, ``(B, H, S_q)``; one fused pass over O and dO."""
+        delta = torch.empty_like(lse)
+        rows = lse.numel()
+        block = 64
+        self.module.attention_backward_delta[(triton_cdiv(rows, block),)](
+            out, d_out, lse, d_lse if d_lse is not None else lse, delta, rows, HEAD_DIM=self.head_dim,
+            BLOCK=block, HAS_DLSE=d_lse is not None, num_warps=4)
+        return delta
 
     def _bwd_common(self, q, k, v, do):
         return [q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -204,6 +229,10 @@ class AttentionKernel:
         return f"AttentionKernel({self.pattern.name}{score}, head_dim={self.head_dim}, dtype={self.dtype})"
 
 
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 class _AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, kernel: AttentionKernel, scale: float):
@@ -211,6 +240,7 @@ class _AttentionFunction(torch.autograd.Function):
         out, lse = kernel.forward(q, k, v, scale)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.kernel, ctx.scale = kernel, scale
+        ctx.set_materialize_grads(False)  # an unused lse gets no zero-filled gradient tensor
         return out, lse
 
     @staticmethod
@@ -221,10 +251,7 @@ class _AttentionFunction(torch.autograd.Function):
             d_out = torch.zeros_like(out)
         d_out = d_out.contiguous()
         # dS = P (dP - delta) + P d_lse: the lse gradient folds into delta
-        delta = (out.float() * d_out.float()).sum(-1)
-        if d_lse is not None:
-            delta = delta - torch.where(torch.isneginf(lse), 0.0, d_lse.float())
-        delta = delta.contiguous()
+        delta = kernel.delta(out, d_out, lse, d_lse.float().contiguous() if d_lse is not None else None)
         dk, dv = kernel.backward_dkdv(q, k, v, d_out, lse, delta, ctx.scale)
         dq = kernel.backward_dq(q, k, v, d_out, lse, delta, ctx.scale)
         return dq, dk, dv, None, None

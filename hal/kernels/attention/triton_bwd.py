@@ -13,6 +13,24 @@ score modification is present; ``dQ = scale · dS K`` and ``dK = scale · dSᵀ 
 
 BACKWARD_SOURCE = '''
 @triton.jit
+def attention_backward_delta(O, DO, LSE, DLSE, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+                             HAS_DLSE: tl.constexpr):
+    # delta = rowsum(dO * O) - dlse  (O and dO contiguous, viewed as (rows, HEAD_DIM))
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    inside = rows < n_rows
+    off = rows.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :]
+    o = tl.load(O + off, mask=inside[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + off, mask=inside[:, None], other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    if HAS_DLSE:
+        lse = tl.load(LSE + rows, mask=inside, other=0.0)
+        dlse = tl.load(DLSE + rows, mask=inside, other=0.0)
+        delta = delta - tl.where(lse == float("-inf"), 0.0, dlse)
+    tl.store(DELTA + rows, delta, mask=inside)
+
+
+@triton.jit
 def _dkdv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, start_m, offs_n, offs_m0, offs_d,
                seq_q, sm_scale, b, h, @TARGS@ MASKED: tl.constexpr, HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr):
     offs_m = start_m + offs_m0

@@ -10,48 +10,58 @@ keeps ``l = 0`` and gets zeros and ``lse = -inf``.
 
 FORWARD_SOURCE = '''
 @triton.jit
-def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, start_n, offs_m, offs_n0, offs_d, seq_kv, sm_scale,
-              b, h, @TARGS@ MASKED: tl.constexpr, HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr):
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, desc_k, desc_v, kv_row0, skn, svn, start_n, offs_m, offs_n0, offs_d,
+              seq_kv, sm_scale, b, h, @TARGS@ MASKED: tl.constexpr, HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr,
+              USE_TMA: tl.constexpr):
     offs_n = start_n + offs_n0
-    k_ptrs = k_base + offs_n[None, :] * skn + offs_d[:, None]
-    v_ptrs = v_base + offs_n[:, None] * svn + offs_d[None, :]
-    if MASKED:
-        k = tl.load(k_ptrs, mask=offs_n[None, :] < seq_kv, other=0.0)
+    if USE_TMA:
+        # rows past this head's sequence belong to the next head (or are zero-filled): they only occur in partial
+        # tiles, where the bounds mask below removes them
+        k = desc_k.load([kv_row0 + start_n, 0]).T
+    elif MASKED:
+        k = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None], mask=offs_n[None, :] < seq_kv, other=0.0)
     else:
-        k = tl.load(k_ptrs)
+        k = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None])
     qk = _mm(q, k, DOT_F32)
     q_idx = offs_m[:, None]
     kv_idx = offs_n[None, :]
-    if HAS_SCORE:
-        s = _score(qk * sm_scale, b, h, q_idx, kv_idx, @TARGS@) * 1.4426950408889634
-    else:
-        s = qk * (sm_scale * 1.4426950408889634)
-    if MASKED:
-        keep = _mask(b, h, q_idx, kv_idx, @TARGS@) & (kv_idx < seq_kv)
-        s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
     if MASKED or HAS_SCORE:
+        if HAS_SCORE:
+            s = _score(qk * sm_scale, b, h, q_idx, kv_idx, @TARGS@) * 1.4426950408889634
+        else:
+            s = qk * (sm_scale * 1.4426950408889634)
+        if MASKED:
+            keep = _mask(b, h, q_idx, kv_idx, @TARGS@) & (kv_idx < seq_kv)
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_use[:, None])
     else:
+        # unmasked tile, no score mod: scale after the row max so scaling and shifting fuse into one FMA
+        qk_scale = sm_scale * 1.4426950408889634
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = m_new
-    p = tl.exp2(s - m_use[:, None])
+        p = tl.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    if MASKED:
-        v = tl.load(v_ptrs, mask=offs_n[:, None] < seq_kv, other=0.0)
+    if USE_TMA:
+        v = desc_v.load([kv_row0 + start_n, 0])
+    elif MASKED:
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=offs_n[:, None] < seq_kv, other=0.0)
     else:
-        v = tl.load(v_ptrs)
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :])
     acc = _mma(p.to(v.dtype), v, acc, DOT_F32)
     return acc, l_i, m_new
 
 
 @triton.jit
-def attention_forward(Q, K, V, O, LSE, P_CNT, P_IDX, F_CNT, F_IDX, sm_scale,
+def attention_forward(Q, K, V, DESC_K, DESC_V, O, LSE, P_CNT, P_IDX, F_CNT, F_IDX, sm_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                       seq_q, seq_kv, n_heads, group, q_tiles, kv_tiles, map_sb, map_sh, @TARGS@
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr):
+                      HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr, USE_TMA: tl.constexpr,
+                      WARP_SPECIALIZE: tl.constexpr):
     # heaviest query tiles (last rows of causal-like patterns) first: less idle tail at the end of the grid
     pid_m = q_tiles - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -66,6 +76,7 @@ def attention_forward(Q, K, V, O, LSE, P_CNT, P_IDX, F_CNT, F_IDX, sm_scale,
     q = tl.load(q_ptrs, mask=offs_m[:, None] < seq_q, other=0.0)
     k_base = K + b64 * skb + hk.to(tl.int64) * skh
     v_base = V + b64 * svb + hk.to(tl.int64) * svh
+    kv_row0 = (b * (n_heads // group) + hk) * seq_kv  # first row of this head in the (B*H_kv*S_kv, D) view
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -74,13 +85,15 @@ def attention_forward(Q, K, V, O, LSE, P_CNT, P_IDX, F_CNT, F_IDX, sm_scale,
     n_partial = tl.load(P_CNT + row)
     for i in range(n_partial):
         start_n = tl.load(P_IDX + lists + i) * BLOCK_N
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, start_n, offs_m, offs_n0, offs_d,
-                                  seq_kv, sm_scale, b, h, @TARGS@ True, HAS_SCORE, DOT_F32)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
+                                  offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ True, HAS_SCORE, DOT_F32,
+                                  USE_TMA)
     n_full = tl.load(F_CNT + row)
-    for i in range(n_full):
+    for i in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
         start_n = tl.load(F_IDX + lists + i) * BLOCK_N
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, start_n, offs_m, offs_n0, offs_d,
-                                  seq_kv, sm_scale, b, h, @TARGS@ False, HAS_SCORE, DOT_F32)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
+                                  offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ False, HAS_SCORE, DOT_F32,
+                                  USE_TMA)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
