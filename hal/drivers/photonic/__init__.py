@@ -1,0 +1,12 @@
+"""The photonic mesh emulator: MZI meshes (Clements/Reck) that compute matrix products with light, with their imperfections.
+
+``hal.device("photonic:0")`` is the device; ``convert(model)`` swaps a model's ``nn.Linear`` layers for
+``PhotonicLinear`` layers that run on it. The physics lives in ``decompose`` (unitary <-> phases),
+``mesh`` (programmed meshes, column-vectorised simulation), ``imperfections`` (parameters and sources),
+``processor`` (SVD onto meshes and attenuators, tiling), ``readout`` (detection, noise, ADC) and ``energy``.
+"""
+
+from hal.drivers.photonic.driver import PhotonicDevice, PhotonicProgram
+from hal.drivers.photonic.layers import PhotonicLinear, convert
+
+__all__ = ["PhotonicDevice", "PhotonicLinear", "PhotonicProgram", "convert"]

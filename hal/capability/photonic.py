@@ -1,0 +1,57 @@
+"""The photonic section of a capability: MZI meshes, architecture, readout, wavelengths, non-idealities.
+
+Stored under ``Capabilities.sections["photonic"]``. Pure data (standard library only). Component figures
+come from papers (phase-shifter power, losses, detector responsivity), derived ones say their formula,
+and the emulator's matrix error is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hal.capability.figures import Figure
+
+
+@dataclass(frozen=True)
+class MeshLayout:
+    """One N-port interferometer mesh of 2x2 MZIs."""
+
+    ports: int
+    layout: str
+    """``clements`` (rectangular, Optica 3, 1460 (2016)) or ``reck`` (triangular, PRL 73, 58 (1994))."""
+    mzis: int
+    depth_columns: int
+    phase_shifters: int
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How outputs are read: detection scheme, converters, the optical power the SNR requirement sets."""
+
+    detection: str
+    """``coherent`` (homodyne: signed amplitudes) or ``intensity`` (|E|^2)."""
+    adc_bits: int | None
+    phase_dac_bits: int | None
+    snr_db: Figure
+    signal_power_per_port: Figure
+    responsivity: Figure
+    tia_noise_density: Figure
+    sample_rate: Figure
+
+
+@dataclass(frozen=True)
+class PhotonicSection:
+    """What a photonic matrix processor is: architecture, meshes, wavelengths, readout, physics, switches."""
+
+    architecture: str
+    """How a weight matrix maps onto the optics (e.g. SVD onto two meshes and an attenuator column)."""
+    mesh: MeshLayout
+    meshes: int
+    wavelength_channels: Figure
+    readout: Readout
+    max_tiles: int
+    """Largest number of N x N tiles one weight may be cut into (each programmed in turn)."""
+    nonidealities: dict[str, bool]
+    """Which effects are simulated (phase_quantisation, thermal_crosstalk, coupler_error, insertion_loss, detector_noise, dispersion)."""
+    physics: dict[str, Figure] = field(default_factory=dict)
+    """Component figures with their sources (P_pi, crosstalk, coupler error, losses, energies, settling, latency)."""

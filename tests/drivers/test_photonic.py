@@ -1,0 +1,209 @@
+"""PhotonicDevice (hal/drivers/photonic/driver.py, layers.py): conformance, bad input, tiling, options, convert."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import hal
+from hal.capability import validate
+from hal.device import OpSpec
+from hal.drivers.photonic import PhotonicLinear, convert
+from hal.errors import DeviceUnavailable, InvalidInput, UnsupportedOp
+from hal.testing.conformance import DeviceConformance
+
+
+class TestConformance(DeviceConformance):
+    uri = "photonic:0?seed=0"
+
+
+class TestReckConformance(DeviceConformance):
+    uri = "photonic:0?N=16&mesh=reck&seed=3"
+
+
+class TestIdealConformance(DeviceConformance):
+    uri = "photonic:0?N=16&ideal=1"
+
+
+class TestIntensityConformance(DeviceConformance):
+    uri = "photonic:0?N=16&detection=intensity"
+
+
+def _relative(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(torch.linalg.norm(out.double() - ref.double()) / torch.linalg.norm(ref.double()))
+
+
+def test_ideal_device_is_exact_in_float64():
+    d = hal.device("photonic:0?N=16&ideal=1")
+    x, w, b = torch.randn(7, 12, dtype=torch.float64), torch.randn(10, 12, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
+    assert _relative(d.linear(x, w, b), x @ w.T + b) < 1e-12
+    assert d.capabilities.deterministic
+    assert d.capabilities.ops["linear"].tolerance["float64"] < 1e-10
+
+
+def test_default_device_declares_a_measured_honest_tolerance():
+    d = hal.device("photonic:0?N=16&seed=1")
+    tolerance = d.capabilities.ops["linear"].tolerance["float32"]
+    measured = d.capabilities.sections["photonic"].physics["matrix_error_float32"]
+    assert measured.kind == "measured"
+    assert 0.005 < measured.value < tolerance < 0.5
+    x, w = torch.randn(64, 16), torch.randn(16, 16)
+    assert _relative(d.linear(x, w), x @ w.T) < tolerance
+
+
+def test_nan_inputs_and_weights_are_refused():
+    d = hal.device("photonic:0?N=8")
+    w = torch.randn(4, 8)
+    x = torch.randn(2, 8)
+    x[0, 3] = float("nan")
+    with pytest.raises(InvalidInput, match="NaN"):
+        d.linear(x, w)
+    w[1, 1] = float("inf")
+    with pytest.raises(InvalidInput, match="NaN"):
+        d.linear(torch.randn(2, 8), w)
+
+
+def test_oversized_weight_is_tiled_and_reported():
+    d = hal.device("photonic:0?N=8&ideal=1")
+    x, w = torch.randn(5, 20, dtype=torch.float64), torch.randn(11, 20, dtype=torch.float64)
+    program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    assert _relative(program(x), x @ w.T) < 1e-12
+    assert program.stats["tiles"] == math.ceil(11 / 8) * math.ceil(20 / 8)
+    assert len(program.scale) == program.stats["tiles"]
+    assert program.cost.latency_s > program.stats["tiles"] * d.config.phase.settle_time_s * 0.99  # each tile rewritten per call
+
+
+def test_weight_beyond_max_tiles_is_refused_with_the_fix():
+    d = hal.device("photonic:0?N=8&max_tiles=4")
+    w = torch.randn(17, 17)
+    support = d.supports(OpSpec("linear", [torch.randn(2, 17)], {"weight": w}))
+    assert not support
+    assert "needs 9" in support.reason and "max_tiles=9" in support.reason
+    with pytest.raises(UnsupportedOp, match="max_tiles"):
+        d.linear(torch.randn(2, 17), w)
+
+
+def test_large_singular_values_are_scaled_and_the_scale_reported():
+    d = hal.device("photonic:0?N=8&ideal=1")
+    w = torch.diag(torch.tensor([40.0, 2.0, 1.0], dtype=torch.float64))
+    program = d.prepare(OpSpec("linear", [torch.randn(3, 3, dtype=torch.float64)], {"weight": w}), {"weight": w})
+    assert program.scale == [pytest.approx(40.0)]
+    x = torch.randn(3, 3, dtype=torch.float64)
+    assert _relative(program(x), x @ w.T) < 1e-12
+
+
+def test_relu_is_electronic_after_detection_and_bias_is_added():
+    d = hal.device("photonic:0?N=8&ideal=1")
+    x, w, b = torch.randn(6, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    assert torch.allclose(d.linear(x, w, b, activation="relu"), torch.relu(x @ w.T + b), atol=1e-12)
+
+
+def test_matmul_reprograms_b_each_call_and_refuses_batched_b():
+    d = hal.device("photonic:0?N=8&ideal=1")
+    a = torch.randn(2, 3, 6, dtype=torch.float64)
+    b = torch.randn(6, 4, dtype=torch.float64)
+    program = d.prepare(OpSpec("matmul", [a, b]))
+    assert _relative(program(a, b), a @ b) < 1e-12
+    b2 = torch.randn(6, 4, dtype=torch.float64)
+    assert _relative(program(a, b2), a @ b2) < 1e-12
+    assert program.cost.latency_s >= d.config.phase.settle_time_s
+    support = d.supports(OpSpec("matmul", [torch.randn(2, 3, 6), torch.randn(2, 6, 4)]))
+    assert not support and "2-D b" in support.reason
+
+
+def test_intensity_detection_offers_only_the_square_law_op():
+    d = hal.device("photonic:0?N=8&detection=intensity&ideal=1")
+    assert set(d.capabilities.ops) == {"intensity_linear"}
+    x, w = torch.randn(4, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    out = d.run_op("intensity_linear", (x,), {"weight": w})
+    assert torch.allclose(out, (x @ w.T) ** 2, atol=1e-10)
+    assert not d.supports(OpSpec("linear", [x], {"weight": w}))
+    bad = d.supports(OpSpec("intensity_linear", [torch.randn(4, 5, dtype=torch.float64)], {"weight": w}))
+    assert not bad and "6" in bad.reason
+    too_big = d.supports(OpSpec("intensity_linear", [torch.randn(4, 9, dtype=torch.float64)], {"weight": torch.randn(3, 9, dtype=torch.float64)}))
+    assert not too_big and "?N=" in too_big.reason
+
+
+def test_noise_repeats_after_manual_seed_and_fabrication_depends_on_seed():
+    d = hal.device("photonic:0?N=8")
+    x, w = torch.randn(16, 8), torch.randn(8, 8)
+    program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    d.manual_seed(5)
+    first = program(x)
+    second = program(x)
+    d.manual_seed(5)
+    assert torch.equal(program(x), first)
+    assert not torch.equal(first, second)
+    other = hal.device("photonic:0?N=8&seed=7&noise=0")
+    same = hal.device("photonic:0?N=8&noise=0")
+    assert not torch.allclose(other.linear(x, w), same.linear(x, w))
+
+
+def test_switching_effects_off_reduces_the_error():
+    x, w = torch.randn(64, 16, dtype=torch.float64), torch.randn(16, 16, dtype=torch.float64)
+    ref = x @ w.T
+    full = _relative(hal.device("photonic:0?N=16").linear(x, w), ref)
+    no_fab = _relative(hal.device("photonic:0?N=16&fabrication=0&crosstalk=0&loss=0").linear(x, w), ref)
+    quiet = _relative(hal.device("photonic:0?N=16&fabrication=0&crosstalk=0&loss=0&noise=0&adc_bits=0&dispersion=0").linear(x, w), ref)
+    assert full > no_fab > quiet
+    assert quiet < 2e-3  # only the 12-bit phase DACs left
+
+
+def test_capabilities_section_and_estimates():
+    d = hal.device("photonic:0?N=16&channels=4")
+    caps = d.capabilities
+    validate(caps.to_dict())
+    section = caps.sections["photonic"]
+    assert section.mesh.ports == 16 and section.mesh.mzis == 120 and section.mesh.depth_columns == 16
+    assert section.wavelength_channels.value == 4
+    assert caps.peak["mac_per_s"].value == 16**2 * 10e9 * 4
+    cost = d.estimate(OpSpec("linear", [torch.randn(32, 16)], {"weight": torch.randn(16, 16)}))
+    assert cost.latency_s > 0 and cost.energy_j > 0 and 0 < cost.error < caps.ops["linear"].tolerance["float32"]
+    assert "heaters" in cost.formula
+    assert set(d.telemetry()) >= {"heater_power_w", "laser_power_w"}
+
+
+def test_bad_options_say_what_is_allowed():
+    with pytest.raises(InvalidInput, match="clements"):
+        hal.device("photonic:0?mesh=hexagonal")
+    with pytest.raises(InvalidInput, match="ports"):
+        hal.device("photonic:0?N=1")
+    with pytest.raises(InvalidInput, match="dB"):
+        hal.device("photonic:0?snr_db=-3")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_compute_without_cuda_is_unavailable_with_a_fix():
+    with pytest.raises(DeviceUnavailable, match="compute=cuda"):
+        hal.device("photonic:0?compute=cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_compute_matches_cpu():
+    options = "N=16&noise=0&adc_bits=0"
+    cpu, gpu = hal.device(f"photonic:0?{options}"), hal.device(f"photonic:0?{options}&compute=cuda")
+    x, w = torch.randn(33, 16, dtype=torch.float64), torch.randn(16, 16, dtype=torch.float64)
+    out = gpu.linear(x.cuda(), w.cuda())
+    assert out.device.type == "cuda"
+    assert torch.allclose(out.cpu(), cpu.linear(x, w), atol=1e-9)
+    noisy = hal.device("photonic:0?N=16&compute=cuda")
+    noisy.manual_seed(0)
+    first = noisy.linear(x, w)
+    noisy.manual_seed(0)
+    assert torch.equal(first, noisy.linear(x, w))
+
+
+def test_convert_swaps_linear_layers_and_runs_them_on_the_device():
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+    photonic = convert(model, "photonic:0?N=16&ideal=1").eval()
+    assert isinstance(photonic[0], PhotonicLinear) and isinstance(photonic[2], PhotonicLinear)
+    assert isinstance(model[0], nn.Linear) and not isinstance(model[0], PhotonicLinear)
+    x = torch.randn(9, 12)
+    with torch.no_grad():
+        assert torch.allclose(photonic(x), model(x), atol=1e-4)
+    program = photonic[0].photonic_program()
+    assert photonic[0].photonic_program() is program  # programmed once
+    with torch.no_grad():
+        photonic[0].weight.mul_(2)
+    assert photonic[0].photonic_program() is not program  # weight changed: reprogrammed
