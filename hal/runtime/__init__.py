@@ -15,6 +15,6 @@ PNG), ``command`` (the ``hal plan`` CLI entry).
 from hal.runtime.capture import Graph, Node, UntraceableModel, capture
 from hal.runtime.executor import Report
 from hal.runtime.placement import POLICIES, Placement
-from hal.runtime.plan import Plan, available_devices, plan
+from hal.runtime.planner import Plan, available_devices, plan
 
 __all__ = ["POLICIES", "Graph", "Node", "Placement", "Plan", "Report", "UntraceableModel", "available_devices", "capture", "plan"]

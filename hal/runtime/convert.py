@@ -14,7 +14,7 @@ Codings (each with an inverse and a documented error):
 =========== =============================== ===========================================================
 paradigm    tensor -> native                error of decode(encode(x)) per element
 =========== =============================== ===========================================================
-spiking     rate coding, ``steps`` T        regular trains: <= scale / (2 T); Bernoulli trains:
+spiking     rate coding, ``steps`` T        regular trains: < scale / T; Bernoulli trains:
                                             std scale * sqrt(p (1 - p) / T)  (Rueckauer et al. 2017)
 spiking     latency (time-to-first-spike)   <= scale / (2 (T - 1))
 photonic    amplitudes, unit power per row, <= 2**-bits per amplitude times the row scale (exact
@@ -25,7 +25,8 @@ analog      max-abs normalisation to the    exact (the DAC's own quantisation is
             DAC range, scale carried
 =========== =============================== ===========================================================
 
-Signed values are carried as signed spikes (-1, 0, +1), as a pi phase on an optical amplitude, and
+The spike codes are ``hal.kernels.spike_coding``'s (shared with the Loihi 2 driver). Signed values are
+carried as two spike trains (relu(x), relu(-x)), as a pi phase on an optical amplitude, and
 as the (lo, hi) range of an angle map; no coding clips silently: values outside an angle range
 are refused, and the count of values that would clip is reported by ``OutOfRange``.
 """
@@ -39,8 +40,9 @@ import torch
 
 from hal.capability import Paradigm
 from hal.errors import InvalidInput
+from hal.kernels import spike_coding
 
-#: Default spike-train length: the rate-code error bound scale / (2 T) is 1.6 % of full scale at T = 32.
+#: Default spike-train length: the rate-code error bound scale / T is 3.1 % of full scale at T = 32.
 DEFAULT_STEPS = 32
 
 
@@ -62,18 +64,21 @@ def _check_steps(steps: int, least: int) -> None:
 
 @dataclass(frozen=True)
 class SpikeTrain:
-    """Signed spikes ``(steps, *shape)`` in {-1, 0, +1} (int8) and the scale that maps a full rate back to a value.
+    """A signed tensor as two spike trains ``(steps, *shape)`` (uint8): one for relu(x), one for relu(-x).
 
-    ``coding`` is ``"rate"`` (value ~ spike count / steps) or ``"latency"`` (value ~ earliness of the one spike).
+    ``scale`` is the value of one spike per step (rate) or of a spike at step 0 (latency); ``coding`` is
+    ``"rate"`` or ``"latency"``. The codes are ``hal.kernels.spike_coding``'s; spikes carry no sign, so a
+    signed value needs the second train (two populations, as in Rueckauer et al. 2017).
     """
 
-    spikes: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
     scale: float
     coding: str
 
     @property
     def steps(self) -> int:
-        return int(self.spikes.shape[0])
+        return int(self.positive.shape[0])
 
     def decode(self) -> torch.Tensor:
         """The tensor this train stands for (float32)."""
@@ -86,30 +91,26 @@ def _scale_of(x: torch.Tensor) -> float:
 
 
 def rate_encode(x: torch.Tensor, steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None) -> SpikeTrain:
-    """Rate coding: each value becomes a train whose spike count over ``steps`` is proportional to |x| / max|x|.
+    """Rate coding: each value becomes floor(T |x| / max|x|) evenly spaced spikes (on the train of its sign).
 
-    Without a generator the trains are regular (spikes evenly spaced, count = round(p T)): the error per
-    element is at most scale / (2 T). With a generator each step spikes with probability p (Bernoulli, the
-    usual Poisson-like coding): unbiased, standard deviation scale * sqrt(p (1 - p) / T).
+    Without a generator the trains are regular: the error per element is below scale / T. With a
+    generator each step spikes with probability |x| / scale (Bernoulli, the usual Poisson-like code):
+    unbiased, standard deviation scale * sqrt(p (1 - p) / T).
     """
     _check_finite(x, "rate_encode")
     _check_steps(steps, 1)
     scale = _scale_of(x)
-    p = (x.abs() / scale).to(torch.float32)
-    sign = torch.sign(x).to(torch.int8)
     if generator is None:
-        count = torch.round(p * steps)
-        t = torch.arange(1, steps + 1, dtype=torch.float32).view(-1, *([1] * x.dim()))
-        fired = torch.floor(t * count / steps) > torch.floor((t - 1) * count / steps)
+        pos, neg = spike_coding.rate_encode(x.clamp(min=0), steps, scale), spike_coding.rate_encode((-x).clamp(min=0), steps, scale)
     else:
-        draws = torch.rand((steps, *x.shape), generator=generator)
-        fired = draws < p.unsqueeze(0)
-    return SpikeTrain(fired.to(torch.int8) * sign.unsqueeze(0), scale, "rate")
+        pos = spike_coding.poisson_encode(x.clamp(min=0), steps, scale, generator)
+        neg = spike_coding.poisson_encode((-x).clamp(min=0), steps, scale, generator)
+    return SpikeTrain(pos, neg, scale, "rate")
 
 
 def rate_decode(train: SpikeTrain) -> torch.Tensor:
-    """Inverse of rate coding: mean signed spike count times the scale."""
-    return train.spikes.to(torch.float32).mean(0) * train.scale
+    """Inverse of rate coding: spike count / T * scale, positive train minus negative train."""
+    return spike_coding.rate_decode(train.positive, train.scale) - spike_coding.rate_decode(train.negative, train.scale)
 
 
 def rate_error(x: torch.Tensor, steps: int = DEFAULT_STEPS, stochastic: bool = False) -> float:
@@ -119,32 +120,24 @@ def rate_error(x: torch.Tensor, steps: int = DEFAULT_STEPS, stochastic: bool = F
     if stochastic:
         p = (x.abs() / scale).double()
         return scale * math.sqrt(float((p * (1 - p)).sum()) / steps) / norm
-    return scale / (2 * steps) * math.sqrt(x.numel()) / norm
+    return scale / steps * math.sqrt(x.numel()) / norm
 
 
 def latency_encode(x: torch.Tensor, steps: int = DEFAULT_STEPS) -> SpikeTrain:
-    """Latency (time-to-first-spike) coding: one spike per value at step round((1 - |x| / scale) (T - 1)).
+    """Latency (time-to-first-spike) coding: one spike at step round((1 - |x| / scale) (T - 1)); zeros stay silent.
 
-    Larger magnitudes fire earlier; a zero fires at the last step, so every value has exactly one spike.
     The error per element is at most scale / (2 (T - 1)).
     """
     _check_finite(x, "latency_encode")
     _check_steps(steps, 2)
     scale = _scale_of(x)
-    p = (x.abs() / scale).to(torch.float32)
-    when = torch.round((1 - p) * (steps - 1)).to(torch.long)
-    spikes = torch.zeros((steps, *x.shape), dtype=torch.int8)
-    spikes.scatter_(0, when.unsqueeze(0), torch.sign(x).to(torch.int8).unsqueeze(0))
-    return SpikeTrain(spikes, scale, "latency")
+    pos, neg = spike_coding.latency_encode(x.clamp(min=0), steps, scale), spike_coding.latency_encode((-x).clamp(min=0), steps, scale)
+    return SpikeTrain(pos, neg, scale, "latency")
 
 
 def latency_decode(train: SpikeTrain) -> torch.Tensor:
-    """Inverse of latency coding: scale * (1 - t / (T - 1)) with the sign of the spike (0 where no spike)."""
-    spikes = train.spikes.to(torch.float32)
-    steps = spikes.shape[0]
-    t = torch.arange(steps, dtype=torch.float32).view(-1, *([1] * (spikes.dim() - 1)))
-    value = (1 - t / (steps - 1)) * train.scale
-    return (spikes * value).sum(0)
+    """Inverse of latency coding: scale * (1 - t / (T - 1)) from the first spike of each train."""
+    return spike_coding.latency_decode(train.positive, train.scale) - spike_coding.latency_decode(train.negative, train.scale)
 
 
 def latency_error(x: torch.Tensor, steps: int = DEFAULT_STEPS) -> float:
@@ -288,8 +281,8 @@ class Coding:
     """How a paradigm's data crosses the host: bytes the encode and decode touch per tensor byte.
 
     ``traffic_per_byte`` counts host memory traffic per float32 input byte: reading the tensor, the
-    reductions for the scale, and writing the encoded form (int8 spikes: T bytes per value = T/4 per
-    input byte).
+    reductions for the scale, and writing the encoded form (two uint8 spike trains: 2 T bytes per
+    value = T/2 per float32 input byte).
     """
 
     name: str
@@ -301,9 +294,9 @@ class Coding:
 CODINGS: dict[Paradigm, Coding] = {
     Paradigm.SPIKING: Coding(
         "rate coding",
-        2 + DEFAULT_STEPS / 4,
-        1 + DEFAULT_STEPS / 4,
-        f"encode: read x twice (scale, rates) + write T={DEFAULT_STEPS} int8 steps per value; decode: read the steps, write x",
+        2 + DEFAULT_STEPS / 2,
+        1 + DEFAULT_STEPS / 2,
+        f"encode: read x twice (scale, rates) + write 2 trains of T={DEFAULT_STEPS} uint8 steps per value; decode: read the trains, write x",
     ),
     Paradigm.PHOTONIC: Coding("unit-power amplitudes", 3, 2, "encode: read x for the row norms, read again and write amplitudes; decode: read, write"),
     Paradigm.QUANTUM: Coding("RY angles", 4, 2, "encode: min/max pass, read and write angles, refuse-outside pass; decode: read, write"),

@@ -9,7 +9,8 @@ If preparing or running a Program raises (``DeviceFailure`` from a lost link, or
 that device is dropped from the plan, the nodes not yet executed are re-placed on the remaining
 devices (executed nodes keep their results, at no cost), a ``RuntimeWarning`` says so, and the run
 continues; the report records the device, the node and the error. Caller inputs are never mutated:
-host steps that receive a caller's tensor get a copy.
+when a host step reads a caller's tensor, the run works on a copy of it (device Programs get tensors
+and must not write to them, by the contract).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from hal.runtime.costs import HOST
 from hal.runtime.placement import Placement
 
 if TYPE_CHECKING:
-    from hal.runtime.plan import Plan
+    from hal.runtime.planner import Plan
 
 
 @dataclass
@@ -105,7 +106,8 @@ def build_stages(graph: Graph, placement: Placement, done: set[str]) -> list[Sta
 
 
 def is_chain(stages: list[Stage]) -> bool:
-    return all(s.deps <= {s.index - 1} for s in stages)
+    """Whether each stage waits for the one before it (nothing could overlap)."""
+    return all(s.index - 1 in s.deps for s in stages[1:])
 
 
 class Executor:
@@ -123,25 +125,24 @@ class Executor:
             self.plan.programs[key] = program
         return program
 
-    def _run_node(self, node: Node, device: Device | None, values: dict[str, Any], caller_inputs: set[str]) -> Any:
+    def _run_node(self, node: Node, device: Device | None, values: dict[str, Any]) -> Any:
         args = [values[r] for r in node.inputs]
         if device is None:
             args = [a.cpu() if isinstance(a, torch.Tensor) and a.device.type != "cpu" else a for a in args]
             if node.op is None:
-                args = [a.clone() if r in caller_inputs and isinstance(a, torch.Tensor) else a for r, a in zip(node.inputs, args)]
                 return node.host_fn(*args)
             return TORCH_OPS[node.op.name](args, node.params, dict(node.op.attrs))
         target = device.torch_device
         args = [a if a.device.type == "cpu" or a.device == target else a.to(target) for a in args]
         return self._program(node, device)(*args)
 
-    def _run_stage(self, stage: Stage, placement: Placement, values: dict[str, Any], done: set[str], caller_inputs: set[str]) -> None:
+    def _run_stage(self, stage: Stage, placement: Placement, values: dict[str, Any], done: set[str]) -> None:
         graph = self.plan.graph
         device = placement.locations[stage.location]
         for i in stage.nodes:
             node = graph.nodes[i]
             try:
-                values[node.name] = self._run_node(node, device, values, caller_inputs)
+                values[node.name] = self._run_node(node, device, values)
             except Exception as exc:
                 if device is None:
                     raise
@@ -153,7 +154,11 @@ class Executor:
         graph = self.plan.graph
         values: dict[str, Any] = dict(zip(graph.inputs, inputs))
         values.update(graph.constants)
-        caller_inputs = set(graph.inputs)
+        # host steps may work in place (x.mul_(2)); later nodes then read the mutated tensor through
+        # aliasing, as in torch: give them a private copy of the caller's tensor, once
+        for name in {r for n in graph.nodes if n.op is None for r in n.inputs if r in values and r in graph.inputs}:
+            if isinstance(values[name], torch.Tensor):
+                values[name] = values[name].clone()
         done: set[str] = set()
         report = Report()
         t0 = time.perf_counter()
@@ -162,9 +167,9 @@ class Executor:
             stages = build_stages(graph, placement, done)
             try:
                 if is_chain(stages) or not self.plan.overlap:
-                    self._run_serial(stages, placement, values, done, caller_inputs, report if profile else None, t0)
+                    self._run_serial(stages, placement, values, done, report if profile else None, t0)
                 else:
-                    self._run_overlapped(stages, placement, values, done, caller_inputs, report if profile else None, t0)
+                    self._run_overlapped(stages, placement, values, done, report if profile else None, t0)
                 break
             except _StageFailed as failure:
                 self._fall_back(failure, placement, done, report)
@@ -179,16 +184,16 @@ class Executor:
         est = sum(placement.node_costs[i].latency_s for i in stage.nodes)
         return StageRecord(stage.index, placement.label(stage.location), names, est, start - t0, end - start)
 
-    def _run_serial(self, stages, placement, values, done, caller_inputs, report, t0) -> None:
+    def _run_serial(self, stages, placement, values, done, report, t0) -> None:
         for stage in stages:
             if report is None:
-                self._run_stage(stage, placement, values, done, caller_inputs)
+                self._run_stage(stage, placement, values, done)
                 continue
             start = time.perf_counter()
-            self._run_stage(stage, placement, values, done, caller_inputs)
+            self._run_stage(stage, placement, values, done)
             report.stages.append(self._record(stage, placement, start, time.perf_counter(), t0))
 
-    def _run_overlapped(self, stages, placement, values, done, caller_inputs, report, t0) -> None:
+    def _run_overlapped(self, stages, placement, values, done, report, t0) -> None:
         """Run ready stages concurrently, at most one per location (a device runs one stage at a time)."""
         waiting = {s.index: set(s.deps) for s in stages}
         busy: set[int] = set()
@@ -202,7 +207,7 @@ class Executor:
                         if not waiting[index] and stage.location not in busy:
                             del waiting[index]
                             busy.add(stage.location)
-                            running[pool.submit(self._run_stage, stage, placement, values, done, caller_inputs)] = (stage, time.perf_counter())
+                            running[pool.submit(self._run_stage, stage, placement, values, done)] = (stage, time.perf_counter())
                 if not running:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)

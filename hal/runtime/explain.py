@@ -17,7 +17,7 @@ from hal.device import Cost
 from hal.runtime.executor import Report, Stage
 
 if TYPE_CHECKING:
-    from hal.runtime.plan import Plan
+    from hal.runtime.planner import Plan
 
 #: Node names listed per stage in the table before eliding.
 SHOWN_NODES = 4

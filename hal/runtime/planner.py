@@ -112,7 +112,7 @@ def plan(
         found, notes = available_devices()
     else:
         found = _open(devices)
-    pinned = [hal.device(uri) for uri in pins.values() if uri != HOST]
+    pinned = [hal.device(uri) for uri in sorted(set(pins.values())) if uri != HOST and not any(d == uri for d in found)]
     found = _open([*found, *pinned])
     graph = _capture_with_pins(model, inputs, pins)
     return Plan(model, graph, found, policy, pins, overlap, notes)

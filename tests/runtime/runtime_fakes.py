@@ -1,0 +1,87 @@
+"""Fake devices for the runtime tests: chosen costs, paradigms, supported ops, capacities and failure injection.
+
+Each fake computes with the torch kernels (so results are checkable) and counts prepares and calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+import torch
+
+from hal import ops as vocabulary
+from hal.capability import Capabilities, Figure, OpSupport, Paradigm
+from hal.device import Cost, Device, DeviceInfo, OpSpec, Program
+from hal.errors import DeviceFailure
+from hal.kernels.torch_ops import TORCH_OPS
+
+
+class FakeDevice(Device):
+    """A configurable fake; subclasses made by ``fake()`` set the class attributes."""
+
+    kind = "fake"
+    paradigm = Paradigm.DIGITAL
+    ops: tuple[str, ...] = tuple(vocabulary.VOCABULARY)
+    s_per_flop = 1e-12
+    j_per_flop = 1e-12
+    fixed_s = 0.0
+    error = 1e-6
+    memory_bytes: float | None = None
+    fail_on_call: int | None = None
+    on_run: Callable[[OpSpec], None] | None = None
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        self.prepared = 0
+        self.calls = 0
+        self._count = threading.Lock()
+
+    @classmethod
+    def probe(cls) -> list[DeviceInfo]:
+        return [DeviceInfo(f"{cls.kind}:0", cls.kind, True)]
+
+    def _build_capabilities(self) -> Capabilities:
+        memory = Figure.measured(self.memory_bytes, "B", "test fake") if self.memory_bytes is not None else None
+        return Capabilities(
+            uri=str(self.uri), kind=self.kind, paradigm=self.paradigm, simulated=True, identity={},
+            ops={name: OpSupport(("float32",), {"float32": 1e-3}) for name in self.ops}, memory_bytes=memory,
+        )
+
+    def estimate(self, op: OpSpec) -> Cost:
+        flops = vocabulary.flops(op)
+        return Cost(self.fixed_s + flops * self.s_per_flop, flops * self.j_per_flop, self.error, "fake")
+
+    def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
+        self.prepared += 1
+        fn, attrs = TORCH_OPS[op.name], dict(op.attrs)
+
+        def run(*inputs: torch.Tensor) -> torch.Tensor:
+            with self._count:
+                self.calls += 1
+                calls = self.calls
+            if self.fail_on_call is not None and calls >= self.fail_on_call:
+                raise DeviceFailure(f"{self.uri}: injected link loss")
+            if self.on_run is not None:
+                self.on_run(op)
+            return fn(inputs, params, attrs)
+
+        return Program(op, self, self.estimate(op), run)
+
+
+def fake(kind: str, **attrs) -> FakeDevice:
+    """A fresh fake device ``kind:0`` whose class sets ``attrs`` (ops, costs, paradigm, memory, failure)."""
+    if "ops" in attrs and not isinstance(attrs["ops"], tuple):
+        attrs["ops"] = tuple(attrs["ops"])
+    if attrs.get("on_run") is not None:
+        attrs["on_run"] = staticmethod(attrs["on_run"])
+    cls = type(f"Fake_{kind}", (FakeDevice,), {"kind": kind, **attrs})
+    return cls(f"{kind}:0")
+
+
+def fleet(names: Iterable[str] = ("alpha", "beta", "gamma", "delta", "epsilon")) -> list[FakeDevice]:
+    """Five digital fakes with spread-out speeds and energies (the benchmark's device set)."""
+    out = []
+    for i, name in enumerate(names):
+        out.append(fake(name, s_per_flop=1e-12 * (i + 1), j_per_flop=1e-12 * (5 - i), error=1e-6 * (1 + (i * 7) % 5)))
+    return out

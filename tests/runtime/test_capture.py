@@ -1,0 +1,116 @@
+"""hal.runtime.capture: fx tracing into vocabulary and host nodes, linear+relu fusion, untraceable models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hal.kernels.selective_scan import selective_scan_reference
+from hal.runtime.capture import UntraceableModel, capture
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Flatten(), nn.Linear(16, 4), nn.Softmax(dim=-1))
+
+
+def test_mlp_maps_modules_to_vocabulary_and_fuses_linear_relu():
+    g = capture(mlp(), (torch.randn(3, 8),))
+    ops = [(n.name, n.op.name if n.op else None) for n in g.nodes]
+    assert ops == [("0", "linear"), ("2", None), ("3", "linear"), ("4", "softmax")]
+    first = g.nodes[0]
+    assert first.op.attr("activation") == "relu" and first.fused == ("1",)
+    assert g.aliases == {"1": "0"}
+    assert g.nodes[2].op.attr("activation") == "none"
+    assert g.nodes[3].op.attr("dim") == -1
+    assert first.output.shape == (3, 16) and g.nodes[3].output.shape == (3, 4)
+    assert set(first.params) == {"weight", "bias"}
+    assert "Flatten" in g.nodes[1].source and g.nodes[1].host_fn is not None
+    assert any("fused 1 relu" in note for note in g.notes)
+
+
+class TwoUsers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return torch.relu(y) + y
+
+
+def test_relu_is_not_fused_when_the_linear_has_another_user():
+    g = capture(TwoUsers(), (torch.randn(2, 4),))
+    names = [n.op.name for n in g.nodes]
+    assert names == ["linear", "relu", "add"]
+    assert g.nodes[0].op.attr("activation") == "none"
+    assert g.nodes[2].inputs == ("relu", "fc")
+
+
+class Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 4))
+        self.b = nn.Parameter(torch.randn(6))
+        self.A = nn.Parameter(-torch.rand(6, 3))
+        self.D = nn.Parameter(torch.randn(6))
+
+    def forward(self, x, q, k, v, delta, B, C):
+        h = F.gelu(F.linear(x, self.w, self.b))
+        s = torch.softmax(h, dim=-1) * h
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        u = h.transpose(1, 2)
+        y = selective_scan_reference(u, delta, self.A, B, C, self.D)
+        return s, a, y
+
+
+def test_functional_calls_map_to_vocabulary_ops_with_constants_as_params_or_inputs():
+    x = torch.randn(2, 5, 4)
+    q, k, v = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    delta, B, C = torch.rand(2, 6, 5), torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    g = capture(Functional(), (x, q, k, v, delta, B, C))
+    by_op = {n.op.name: n for n in g.nodes if n.op is not None}
+    assert {"linear", "gelu", "softmax", "mul", "attention", "selective_scan"} <= set(by_op)
+    assert by_op["attention"].op.attr("causal") is True
+    assert by_op["linear"].params["weight"].shape == (6, 4)
+    scan = by_op["selective_scan"]
+    assert scan.inputs[2] == "A" and scan.inputs[5] == "D" and "A" in g.constants
+    assert [n.op is None for n in g.nodes].count(True) == 1  # the transpose
+    assert len(g.outputs) == 3
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+class Wrapper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(4, 4)
+        self.gate = DataDependent()
+        self.post = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.post(self.gate(self.pre(x)))
+
+
+def test_untraceable_model_names_the_module_and_suggests_a_pin():
+    with pytest.raises(UntraceableModel) as info:
+        capture(Wrapper(), (torch.randn(2, 4),))
+    assert info.value.module == "gate"
+    assert "'gate'" in str(info.value) and "pins=" in str(info.value) and "DataDependent" in str(info.value)
+
+
+def test_a_leaf_module_becomes_one_host_node():
+    g = capture(Wrapper(), (torch.randn(2, 4),), leaf_modules=["gate"])
+    assert [n.name for n in g.nodes] == ["pre", "gate", "post"]
+    assert g.nodes[1].op is None and g.nodes[1].output.shape == (2, 4)
+
+
+def test_wrong_number_of_example_inputs_is_refused():
+    with pytest.raises(ValueError, match="takes 1 input"):
+        capture(mlp(), (torch.randn(3, 8), torch.randn(3, 8)))

@@ -1,0 +1,136 @@
+"""hal.runtime.executor: chained runs match the model, failures fall back, inputs stay intact, stages overlap."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+from runtime_fakes import fake
+
+import hal
+from hal.capability import Paradigm
+from hal.errors import ShapeError
+from hal.runtime import plan
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU(), nn.Flatten(), nn.Linear(32, 10), nn.Softmax(dim=-1))
+
+
+def test_run_across_devices_matches_the_model():
+    m, x = model(), torch.randn(8, 16)
+    a = fake("ea", s_per_flop=1e-13, ops=("linear",), paradigm=Paradigm.ANALOG)
+    p = plan(m, x, devices=[a, hal.device("cpu")])
+    assert {p.device_of(n) for n in p.graph.node_names()} >= {"ea:0", "cpu:0", "host"}
+    out, report = p.run(x, profile=True)
+    torch.testing.assert_close(out, m(x).detach())
+    assert [r.device for r in report.stages] == [p.placement.label(s.location) for s in p.stages]
+    assert all(r.measured_s > 0 and r.est_latency_s >= 0 for r in report.stages)
+    assert report.fallbacks == [] and report.replanned_for is None
+
+
+def test_programs_are_prepared_once():
+    m, x = model(), torch.randn(4, 16)
+    a = fake("once")
+    p = plan(m, x, devices=[a])
+    for _ in range(3):
+        p.run(x)
+    on_device = [n for n in p.graph.node_names() if p.device_of(n) == "once:0"]
+    assert len(on_device) == 5 and a.prepared == 5  # one Program per node, for all three runs
+    assert a.calls == 3 * 5
+
+
+def test_device_failure_mid_run_drops_it_replans_and_continues():
+    m, x = model(), torch.randn(8, 16)
+    flaky = fake("flaky", s_per_flop=1e-14, fail_on_call=2)
+    steady = fake("steady", s_per_flop=1e-11)
+    p = plan(m, x, devices=[flaky, steady])
+    assert {p.device_of(n) for n in ("0", "2", "5")} == {"flaky:0"}
+    with pytest.warns(RuntimeWarning, match="flaky:0 failed .*DeviceFailure.*re-planned"):
+        out, report = p.run(x, profile=True)
+    torch.testing.assert_close(out, m(x).detach())
+    (fb,) = report.fallbacks
+    assert fb.device == "flaky:0" and fb.node == "2" and "injected link loss" in fb.error
+    assert fb.replaced_by and set(fb.replaced_by.values()) == {"steady:0"}
+    assert p.dropped == ["flaky:0"] and "flaky:0" not in p.to_dict()["devices"]
+    calls = flaky.calls
+    p.run(x)  # the dropped device is not used again
+    assert flaky.calls == calls
+
+
+def test_any_program_exception_counts_as_a_failure_and_the_host_takes_over():
+    m, x = model(), torch.randn(2, 16)
+
+    def explode(op):
+        raise RuntimeError("driver bug")
+
+    only = fake("only", on_run=explode)
+    p = plan(m, x, devices=[only])
+    with pytest.warns(RuntimeWarning, match="RuntimeError: driver bug"):
+        out = p.run(x)
+    torch.testing.assert_close(out, m(x).detach())
+    assert all(p.device_of(n) == "host" for n in p.graph.node_names())
+
+
+class InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x.mul_(2)
+        return self.fc(x)
+
+
+def test_inputs_are_never_mutated():
+    torch.manual_seed(0)
+    m = InPlace()
+    x = torch.randn(3, 4)
+    before, version = x.clone(), x._version
+    p = plan(m, x.clone(), devices=[hal.device("cpu")])
+    out = p.run(x)
+    assert torch.equal(x, before) and x._version == version
+    torch.testing.assert_close(out, m.fc(before * 2).detach())
+
+
+def test_new_batch_size_is_replanned_and_other_shapes_refused():
+    m = model()
+    p = plan(m, torch.randn(8, 16), devices=[hal.device("cpu")])
+    x = torch.randn(3, 16)
+    out, report = p.run(x, profile=True)
+    torch.testing.assert_close(out, m(x).detach())
+    assert report.replanned_for == [[3, 16]]
+    with pytest.raises(ShapeError, match="only the batch"):
+        p.run(torch.randn(8, 12))
+    with pytest.raises(ShapeError, match="takes 1 input"):
+        p.run(torch.randn(8, 16), torch.randn(8, 16))
+
+
+class Branches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.left, self.right = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.left(x), torch.relu(self.right(x))
+
+
+def test_independent_stages_on_different_devices_overlap():
+    """Each branch's program waits at a barrier for the other: only concurrent execution gets through."""
+    barrier = threading.Barrier(2, timeout=10)
+
+    def meet(op):
+        if op.name == "linear":
+            barrier.wait()
+
+    left = fake("left", ops=("linear",), on_run=meet)
+    right = fake("right", ops=("linear", "relu"), on_run=meet, s_per_flop=1e-11)
+    m, x = Branches(), torch.randn(2, 8)
+    p = plan(m, x, devices=[left, right], pins={"left": "left:0", "right": "right:0"})
+    a, b = p.run(x)
+    torch.testing.assert_close(a, m.left(x).detach())
+    torch.testing.assert_close(b, torch.relu(m.right(x)).detach())
+    assert not barrier.broken
