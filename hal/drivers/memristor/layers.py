@@ -1,0 +1,153 @@
+"""Crossbar-backed torch layers: AnalogLinear, AnalogConv2d, ``convert(model)`` and hardware-aware training.
+
+In ``eval()`` mode a layer programs its weight onto a memristor device (through the public contract:
+``registry.open_device(uri).prepare(...)``) and runs every forward pass through that Program: DACs, drifted
+noisy conductances, ADCs. The weight is reprogrammed only when it changed or its tiles were overwritten.
+
+In ``train()`` mode the forward pass is digital with *noise injection* (hardware-aware training, as in Joshi et
+al., Nat. Commun. 2020): each weight is perturbed by Gaussian noise of the std the PCM model predicts for its
+conductance (programming noise plus the 1/f noise of a read at t0), so the network learns weights that tolerate
+the analog errors. Gradients flow through the clean weight (the noise is a constant of each step).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hal import registry
+from hal.device import OpSpec, Program, TensorSpec
+from hal.drivers.memristor import pcm
+from hal.drivers.memristor.config import CrossbarConfig
+from hal.errors import InvalidInput
+
+
+def weight_noise_std(weight: torch.Tensor, config: CrossbarConfig, scale: float = 1.0) -> torch.Tensor:
+    """Std of the analog error of each weight (rows = outputs), in weight units.
+
+    Each output's weights are mapped to conductances by their largest magnitude (the per-column scale of the
+    crossbar); the std combines the programming noise and the 1/f read noise at t0 at that conductance.
+    """
+    tile, model = config.tile, config.pcm
+    w = weight.detach()
+    column_scale = w.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
+    span = tile.g_max_us - tile.g_min_us
+    g = tile.g_min_us + span * (w.abs() / column_scale)
+    programming = pcm.programming_sigma_us(g, tile.g_max_us, model)
+    reading = g * pcm.read_noise_sigma(g, tile.g_max_us, 0.0, model)
+    return scale * torch.sqrt(programming**2 + reading**2) / span * column_scale
+
+
+class _AnalogLayer:
+    """Shared machinery: the hal device, the current Program and when it must be reprogrammed."""
+
+    device_uri: str
+    noise_scale: float
+
+    def _setup(self, device_uri: str, noise_scale: float) -> None:
+        if not noise_scale >= 0 or math.isinf(noise_scale):
+            raise InvalidInput(f"noise_scale must be a finite number >= 0, got {noise_scale!r}")
+        self.device_uri = device_uri
+        self.noise_scale = noise_scale
+        self._program: Program | None = None
+        self._programmed_key: tuple | None = None
+
+    @property
+    def hal_device(self):
+        return registry.open_device(self.device_uri)
+
+    def _key(self) -> tuple:
+        bias = self.bias
+        return (self.weight.data_ptr(), self.weight._version, None if bias is None else (bias.data_ptr(), bias._version))
+
+    def analog_program(self) -> Program:
+        """The Program holding this layer's weight, programmed now if the weight changed or was overwritten."""
+        if self._program is None or not self._program.valid or self._programmed_key != self._key():
+            device = self.hal_device
+            params = {"weight": self.weight.detach(), "bias": None if self.bias is None else self.bias.detach()}
+            self._program = device.prepare(self._op_spec(), params)
+            self._programmed_key = self._key()
+        return self._program
+
+    def _noisy_weight(self) -> torch.Tensor:
+        if self.noise_scale == 0:
+            return self.weight
+        config = getattr(self.hal_device, "config", CrossbarConfig())
+        flat = self.weight.reshape(self.weight.shape[0], -1)
+        std = weight_noise_std(flat, config, self.noise_scale).view_as(self.weight)
+        return self.weight + std * torch.randn_like(self.weight)
+
+
+class AnalogLinear(nn.Linear, _AnalogLayer):
+    """``nn.Linear`` whose inference runs on a memristor crossbar (``device_uri``) and trains noise-aware."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device_uri: str = "memristor:0", noise_scale: float = 1.0):
+        super().__init__(in_features, out_features, bias)
+        self._setup(device_uri, noise_scale)
+
+    def _op_spec(self) -> OpSpec:
+        params = {"weight": TensorSpec(tuple(self.weight.shape)), "bias": None if self.bias is None else TensorSpec(tuple(self.bias.shape))}
+        return OpSpec("linear", [TensorSpec((None, self.in_features))], params)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.linear(x, self._noisy_weight(), self.bias)
+        flat = x.reshape(-1, self.in_features).to(torch.float32)
+        return self.analog_program()(flat).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class AnalogConv2d(nn.Conv2d, _AnalogLayer):
+    """``nn.Conv2d`` whose inference runs on a memristor crossbar (im2col) and trains noise-aware."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True, device_uri: str = "memristor:0", noise_scale: float = 1.0):
+        if isinstance(padding, str):
+            raise InvalidInput(f"AnalogConv2d takes numeric padding, got {padding!r}; give the padding in pixels")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self._setup(device_uri, noise_scale)
+
+    def _op_spec(self) -> OpSpec:
+        params = {"weight": TensorSpec(tuple(self.weight.shape)), "bias": None if self.bias is None else TensorSpec(tuple(self.bias.shape))}
+        attrs = {"stride": tuple(self.stride), "padding": tuple(self.padding), "dilation": tuple(self.dilation), "groups": self.groups}
+        return OpSpec("conv2d", [TensorSpec((None, self.in_channels, None, None))], params, attrs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.conv2d(x, self._noisy_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.analog_program()(x.to(torch.float32)).to(x.dtype)
+
+
+def convert(model: nn.Module, device_uri: str = "memristor:0", noise_scale: float = 1.0, inplace: bool = False) -> nn.Module:
+    """Swap every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` for its crossbar-backed twin (weights copied).
+
+    ``noise_scale`` scales the training-time noise injection (0: plain training). The converted model trains
+    like the original in ``train()`` mode and runs on ``device_uri`` in ``eval()`` mode.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    for name, child in list(target.named_children()):
+        replacement = _analog_twin(child, device_uri, noise_scale)
+        if replacement is not None:
+            setattr(target, name, replacement)
+        else:
+            convert(child, device_uri, noise_scale, inplace=True)
+    top = _analog_twin(target, device_uri, noise_scale)
+    return top if top is not None else target
+
+
+def _analog_twin(module: nn.Module, device_uri: str, noise_scale: float) -> nn.Module | None:
+    if isinstance(module, (AnalogLinear, AnalogConv2d)):
+        return None
+    if isinstance(module, nn.Linear):
+        twin = AnalogLinear(module.in_features, module.out_features, module.bias is not None, device_uri, noise_scale)
+    elif isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise InvalidInput(f"convert: Conv2d with padding_mode={module.padding_mode!r} has no crossbar twin; use zero padding")
+        twin = AnalogConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding, module.dilation, module.groups, module.bias is not None, device_uri, noise_scale)
+    else:
+        return None
+    twin.load_state_dict(module.state_dict())
+    twin.train(module.training)
+    return twin.to(module.weight.device)

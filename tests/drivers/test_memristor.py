@@ -1,0 +1,298 @@
+"""Tests of hal/drivers/memristor: device contract, tile model, physics, capacity, energy, layers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hal
+from hal.capability import validate
+from hal.device import OpSpec
+from hal.drivers.memristor import AnalogConv2d, AnalogLinear, MemristorDevice, convert, pcm
+from hal.drivers.memristor.config import CrossbarConfig, NonIdealities, PcmStatistics, TileConfig
+from hal.drivers.memristor.tile import Crossbar
+from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput, ProgramInvalidated, UnsupportedOp
+from hal.testing.conformance import DeviceConformance
+
+
+class TestConformance(DeviceConformance):
+    uri = "memristor:0?seed=0"
+
+
+def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def fresh(uri: str) -> MemristorDevice:
+    """A device not shared with other tests (tests that change state close it)."""
+    device = hal.device(uri)
+    device.close()
+    return hal.device(uri)
+
+
+# ---------------------------------------------------------------------------- device behaviour
+
+
+def test_ideal_device_computes_exact_products():
+    d = fresh("memristor:0?ideal=1")
+    x, w, b = torch.randn(5, 300), torch.randn(70, 300), torch.randn(70)
+    assert rel(d.linear(x, w, b), x.double() @ w.double().T + b.double()) < 1e-5
+    a, m = torch.randn(2, 7, 40), torch.randn(2, 40, 9)
+    assert rel(d.matmul(a, m), a.double() @ m.double()) < 1e-5
+    xc, wc = torch.randn(2, 4, 7, 7), torch.randn(6, 2, 3, 3)
+    ref = torch.nn.functional.conv2d(xc.double(), wc.double(), stride=2, padding=1, groups=2)
+    assert rel(d.conv2d(xc, wc, None, stride=2, padding=1, groups=2), ref) < 1e-5
+
+
+def test_default_error_is_within_declared_tolerance_and_not_trivial():
+    d = fresh("memristor:0?seed=3")
+    tolerance = d.capabilities.ops["linear"].tolerance["float32"]
+    x, w = torch.randn(64, 256), torch.randn(64, 256)
+    error = rel(d.linear(x, w), x.double() @ w.double().T)
+    assert 0.02 < error < tolerance  # the analog errors are there, and the declaration covers them
+
+
+def test_relu_activation_is_fused():
+    d = fresh("memristor:0?ideal=1")
+    x, w = torch.randn(4, 16), torch.randn(8, 16)
+    y = d.linear(x, w, activation="relu")
+    assert (y >= 0).all() and rel(y, (x @ w.T).relu()) < 1e-5
+
+
+def test_manual_seed_repeats_programming_and_reads():
+    d = fresh("memristor:0")
+    x, w = torch.randn(4, 16), torch.randn(8, 16)
+    op = OpSpec("linear", [x], {"weight": w})
+    d.manual_seed(7)
+    first = d.prepare(op, {"weight": w})(x)
+    d.manual_seed(7)
+    second = d.prepare(op, {"weight": w})(x)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, d.prepare(op, {"weight": w})(x))  # a fresh draw differs
+
+
+def test_nan_input_is_refused():
+    d = fresh("memristor:0")
+    x, w = torch.randn(4, 16), torch.randn(8, 16)
+    x[1, 3] = float("nan")
+    with pytest.raises(InvalidInput, match="NaN"):
+        d.linear(x, w)
+
+
+def test_capacity_exceeded_names_the_tiles_needed():
+    d = fresh("memristor:0?tiles=4&tile=64")
+    w = torch.randn(200, 150)  # 3 row blocks x 4 column blocks = 12 tiles
+    with pytest.raises(CapacityExceeded, match="needs 12 tiles") as caught:
+        d.prepare(OpSpec("linear", [torch.randn(2, 150)], {"weight": w}), {"weight": w})
+    assert caught.value.needed == 12 and caught.value.available == 4
+    assert not d.supports(OpSpec("linear", [torch.randn(2, 150)], {"weight": w}))
+
+
+def test_reprogrammed_tiles_invalidate_the_old_program():
+    d = fresh("memristor:0?tiles=2&tile=16")
+    x = torch.randn(3, 16)
+    w1, w2, w3 = torch.randn(16, 16), torch.randn(16, 16), torch.randn(16, 16)
+    p1 = d.prepare(OpSpec("linear", [x], {"weight": w1}), {"weight": w1})
+    p2 = d.prepare(OpSpec("linear", [x], {"weight": w2}), {"weight": w2})
+    p1(x)
+    d.prepare(OpSpec("linear", [x], {"weight": w3}), {"weight": w3})  # overwrites p1's tile (the oldest)
+    with pytest.raises(ProgramInvalidated, match="reprogrammed"):
+        p1(x)
+    p2(x)
+    p2.release()
+    assert d.tiles_in_use == 1
+    with pytest.raises(ProgramInvalidated, match="released"):
+        p2(x)
+
+
+def test_eager_ops_reprogram_after_eviction():
+    d = fresh("memristor:0?tiles=1&tile=16&ideal=1")
+    x, w1, w2 = torch.randn(2, 16), torch.randn(4, 16), torch.randn(4, 16)
+    d.linear(x, w1)
+    d.linear(x, w2)  # evicts w1's program
+    assert rel(d.linear(x, w1), x @ w1.T) < 1e-5
+
+
+def test_static_dac_range_clips_and_counts():
+    d = fresh("memristor:0?input_range=1&ideal=1")
+    x = torch.tensor([[0.5, 3.0, -2.0, 0.25]])
+    w = torch.eye(4)
+    program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    y = program(x)
+    assert program.stats.dac_clipped == 2 and d.counters.dac_clipped == 2
+    assert torch.allclose(y, torch.tensor([[0.5, 1.0, -1.0, 0.25]]))
+
+
+def test_adc_saturation_is_counted():
+    d = fresh("memristor:0?ideal=1&input_range=1")
+    w = torch.ones(1, 64)  # 64 full-scale devices on one column: 64 x v_read g_max > the 12-unit ADC range
+    program = d.prepare(OpSpec("linear", [torch.ones(1, 64)], {"weight": w}), {"weight": w})
+    y = program(torch.ones(1, 64))
+    assert program.stats.adc_saturated == 1
+    assert float(y) == pytest.approx(12.0)
+
+
+def test_unsupported_and_bad_options():
+    d = fresh("memristor:0")
+    with pytest.raises(UnsupportedOp):
+        d.softmax(torch.randn(2, 3))
+    with pytest.raises(InvalidInput, match="tile"):
+        hal.device("memristor:0?tile=0")
+    with pytest.raises(InvalidInput, match="compute"):
+        hal.device("memristor:0?compute=tpu")
+
+
+def test_cuda_compute_is_refused_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceUnavailable, match="CUDA"):
+        hal.device("memristor:0?compute=cuda")
+
+
+def test_capabilities_describe_the_crossbar():
+    d = fresh("memristor:0?tiles=8")
+    caps = d.capabilities
+    validate(caps.to_dict())
+    section = caps.sections["analog"]
+    assert caps.simulated and not caps.deterministic and caps.paradigm.value == "analog"
+    assert section.tiles.count == 8 and section.tiles.rows == 256
+    assert caps.ops["linear"].limits["max_tiles"] == 8
+    assert all(f.kind in ("paper", "derived", "measured") for f in caps.energy.values())
+
+
+def test_probe_and_diagnose_do_not_raise():
+    infos = MemristorDevice.probe()
+    assert infos[0].available and infos[0].simulated
+    assert MemristorDevice.diagnose()[0].ok
+
+
+# ---------------------------------------------------------------------------- physics
+
+
+def test_programming_noise_polynomial_matches_the_published_fit():
+    model = PcmStatistics()
+    g = torch.tensor([0.0, 12.5, 25.0])
+    sigma = pcm.programming_sigma_us(g, 25.0, model)
+    expected = [0.26348, 0.26348 + 1.9650 * 0.5 - 1.1731 * 0.25, 0.26348 + 1.9650 - 1.1731]
+    assert torch.allclose(sigma, torch.tensor(expected), atol=1e-6)
+
+
+def test_drift_follows_the_power_law_with_device_variation():
+    model = PcmStatistics()
+    generator = torch.Generator().manual_seed(0)
+    g = torch.full((20000,), 25.0)
+    nu = pcm.drift_exponents(g, 25.0, model, generator)
+    assert nu.mean().item() == pytest.approx(0.049, abs=0.003)  # mean clamped at 0.049 at g_max
+    assert 0.005 < nu.std().item() < 0.012  # std clamped at 0.008 (folded normal)
+    drifted = pcm.conductance_at(g, nu, 3600.0, 25.0, model, None)
+    expected = 25.0 * ((20.0 + 3600.0) / 20.0) ** -nu
+    assert torch.allclose(drifted, expected, rtol=1e-5)
+
+
+def test_read_noise_grows_with_log_time():
+    model = PcmStatistics()
+    g = torch.tensor([12.5])
+    early = pcm.read_noise_sigma(g, 25.0, 0.0, model).item()
+    late = pcm.read_noise_sigma(g, 25.0, 3.15e7, model).item()
+    q = 0.0088 / 0.5**0.65
+    assert early == pytest.approx(q * math.sqrt(math.log((20 + 250e-9) / 500e-9)), rel=1e-6)
+    assert late > early
+
+
+def test_write_verify_reduces_residual_and_costs_pulses():
+    w = torch.randn(1, 64, 64)
+    single = CrossbarConfig(tile=TileConfig(write_verify_iterations=0))
+    verified = CrossbarConfig(tile=TileConfig(write_verify_iterations=5, write_verify_tolerance_us=0.3))
+    one, many = Crossbar(w, single, seed=1).report, Crossbar(w, verified, seed=1).report
+    assert many.residual_rms_us < 0.7 * one.residual_rms_us
+    assert many.pulses > one.pulses == one.devices and many.energy_j > one.energy_j
+
+
+def test_drift_compensation_recovers_accuracy_after_a_year():
+    w, x = torch.randn(1, 128, 64), torch.randn(1, 32, 128)
+    ref = x[0].double() @ w[0].double()
+    base = CrossbarConfig().with_effects(output_noise=False)
+    errors = {}
+    for compensate in (True, False):
+        crossbar = Crossbar(w, base.with_effects(drift_compensation=compensate), seed=2)
+        y, _ = crossbar.read(x, 3.15e7, torch.Generator().manual_seed(0))
+        errors[compensate] = rel(y[0], ref)
+    assert errors[True] < 0.6 * errors[False]
+
+
+def test_ir_drop_attenuates_outputs_more_on_longer_lines():
+    config = CrossbarConfig(effects=NonIdealities(*(False,) * 4, True, False, False, False))
+    assert config.effects.ir_drop and not config.effects.drift_compensation
+    crossbar = Crossbar(torch.ones(1, 256, 256), config, seed=0)
+    gain = crossbar.state(0.0).g_diff[0]  # effective (G+ - G-) / g_max of each device, 1 without IR drop
+    assert (gain < 1).all() and (gain > 0.3).all()  # worst case: every device at g_max
+    assert gain[0, 0] < gain[255, 0]  # row 0 is furthest from the bit line's sense amplifier
+    assert gain[255, 255] < gain[255, 0]  # column 255 is furthest from the word line's driver
+
+
+def test_stuck_at_gmax_devices_are_mapped_around():
+    w = torch.rand(1, 64, 64) + 0.1
+    config = CrossbarConfig(tile=TileConfig(stuck_at_gmin_rate=0.0, stuck_at_gmax_rate=0.05), effects=NonIdealities(*(False,) * 5, True, False, False))
+    crossbar = Crossbar(w, config, seed=0)
+    assert crossbar.report.stuck_at_gmax > 0
+    y, _ = crossbar.read(torch.eye(64).unsqueeze(0), 0.0, torch.Generator())
+    stuck_positive, stuck_negative = crossbar.stuck[0, 0, :64, :64] == 2, crossbar.stuck[1, 0, :64, :64] == 2
+    repaired = stuck_positive & ~stuck_negative  # G+ stuck at g_max: G- is retargeted to g_max - w
+    assert repaired.any()
+    assert torch.allclose(y[0][repaired], w[0][repaired], atol=1e-5)
+    lost = stuck_negative & ~stuck_positive  # G- stuck at g_max under a positive weight: G+ cannot exceed g_max
+    assert torch.allclose(y[0][lost], torch.zeros_like(y[0][lost]), atol=1e-5)
+
+
+def test_read_energy_and_counters_follow_the_model():
+    d = fresh("memristor:0?ideal=1")
+    x, w = torch.ones(10, 256), torch.ones(256, 256)
+    program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    program(x)
+    energy = d.config.energy
+    tile = d.config.tile
+    # every device pair holds G+ = g_max, G- = g_min = 0; all inputs at full scale for 127 clock periods
+    array = 10 * 256 * 256 * 25e-6 * energy.read_voltage_v**2 * tile.dac_steps * energy.clock_period_s
+    assert program.stats.array_energy_j == pytest.approx(array, rel=1e-4)
+    assert program.stats.adc_conversions == 10 * 256 and program.stats.dac_conversions == 10 * 256
+    assert program.stats.adc_energy_j == pytest.approx(10 * 256 * 3.1e-3 / 1.2e9)
+    assert program.cost.energy_j > 0 and program.programming.energy_j > 0
+
+
+def test_elapse_drifts_programs():
+    d = fresh("memristor:0?read_noise=0&output_noise=0&drift_compensation=0&prog_noise=0&stuck=0&ir_drop=0&quantization=0")
+    x, w = torch.rand(8, 32), torch.rand(16, 32)
+    program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    before = program(x)
+    d.elapse(86400.0)
+    after = program(x)
+    assert program.age_s == 86400.0
+    assert (after < before).all()  # conductances decay under drift
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+def test_convert_swaps_layers_and_runs_on_the_device():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
+    analog = convert(model, "memristor:0?ideal=1")
+    assert isinstance(analog[0], AnalogConv2d) and isinstance(analog[3], AnalogLinear)
+    x = torch.randn(3, 1, 6, 6)
+    analog.eval()
+    with torch.no_grad():
+        assert rel(analog(x), model(x)) < 1e-5
+        program = analog[3].analog_program()
+        analog(x)
+        assert analog[3].analog_program() is program  # programmed once, reused
+
+
+def test_training_injects_noise_with_gradients():
+    layer = AnalogLinear(16, 4, device_uri="memristor:0?seed=1")
+    layer.train()
+    x = torch.randn(8, 16)
+    a, b = layer(x), layer(x)
+    assert not torch.equal(a, b)
+    a.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
