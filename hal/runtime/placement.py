@@ -30,6 +30,7 @@ must fit its declared ``memory_bytes``; the largest are moved off until they fit
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,23 +83,36 @@ class Placement:
 
 
 class _Queries:
-    """Cached ``supports``/``estimate`` answers per (device, op): repeated layers are asked once."""
+    """Cached ``supports``/``estimate`` answers per device and op: repeated layers are asked once.
+
+    Per device, a first cache by object identity (the graph holds its OpSpecs for the plan's lifetime)
+    skips hashing and comparing OpSpecs; a second by value catches equal ops of repeated layers.
+    """
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[Device, OpSpec], tuple[Support, Cost | None]] = {}
+        self._devices: dict[str, tuple[dict[int, tuple[OpSpec, tuple]], dict[OpSpec, tuple]]] = {}
 
-    def ask(self, device: Device, op: OpSpec) -> tuple[Support, Cost | None]:
-        key = (device, op)
-        answer = self._cache.get(key)
-        if answer is None:
-            try:
-                support = device.supports(op)
-                cost = device.estimate(op) if support else None
-            except Exception as exc:  # a driver bug must not sink the plan: that device just cannot take the node
-                support, cost = Support.no(f"{device} failed to answer for {op.name}: {type(exc).__name__}: {exc}"), None
-            answer = (support, cost)
-            self._cache[key] = answer
-        return answer
+    def asker(self, device: Device):
+        """A function ``op -> (Support, Cost | None)`` for one device, with its caches bound."""
+        by_id, by_value = self._devices.setdefault(str(device), ({}, {}))
+
+        def ask(op: OpSpec) -> tuple[Support, Cost | None]:
+            fast = by_id.get(id(op))
+            if fast is not None and fast[0] is op:
+                return fast[1]
+            answer = by_value.get(op)
+            if answer is None:
+                try:
+                    support = device.supports(op)
+                    cost = device.estimate(op) if support else None
+                except Exception as exc:  # a driver bug must not sink the plan: that device just cannot take the node
+                    support, cost = Support.no(f"{device} failed to answer for {op.name}: {type(exc).__name__}: {exc}"), None
+                answer = (support, cost)
+                by_value[op] = answer
+            by_id[id(op)] = (op, answer)
+            return answer
+
+        return ask
 
 
 def _nbytes(spec) -> int:
@@ -134,6 +148,18 @@ def place(
     """
     if policy not in POLICIES:
         raise InvalidInput(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
+    # The DP allocates a few small lists per node and creates no reference cycles; generational GC passes
+    # over them were the one part of planning growing faster than the node count, so they wait until the end.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _place(graph, devices, policy, pins, host, fixed, queries)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _place(graph, devices, policy, pins, host, fixed, queries) -> Placement:
     host = host or HostModel.default()
     locations: list[Device | None] = [None, *sorted(devices, key=str)]
     queries = queries or _Queries()
@@ -182,6 +208,7 @@ def _candidates(graph, locations, pins, fixed, host, queries, specs):
     candidates: list[list[tuple[int, Cost]]] = []
     reasons: list[str] = []
     free = Cost(0.0, 0.0, 0.0, "already executed")
+    askers = [None, *(queries.asker(d) for d in locations[1:])]
     for v, node in enumerate(graph.nodes):
         if node.name in fixed:
             candidates.append([(fixed[node.name], free)])
@@ -205,7 +232,7 @@ def _candidates(graph, locations, pins, fixed, host, queries, specs):
         for loc in range(1, len(locations)):
             if pin_loc is not None and loc != pin_loc:
                 continue
-            support, cost = queries.ask(locations[loc], node.op)
+            support, cost = askers[loc](node.op)
             if support:
                 found.append((loc, cost))
             else:

@@ -1,0 +1,238 @@
+"""Planner scaling and executor overhead (issue 9), side by side with the simple alternatives.
+
+Planning: chains and DAGs (blocks h = linear(x), y = add(h, gelu(h)): every linear fans out) of 100,
+1,000 and 10,000 nodes across 5 fake devices of different paradigms, supports and costs. Timed: the
+whole ``place()`` call from a captured graph (asking every device ``supports``/``estimate``, cached per
+distinct op, the DP, the backward pass, coordinate descent and the cost report), best of several runs,
+for "repeated" layers (4 distinct widths, as in real stacks) and "distinct" layers (every linear a new
+shape, so every node costs 5 fresh supports/estimate queries). Also at 1,000 nodes with 2, 5 and 10
+devices, to show the growth in devices. Alternative, side by side: a greedy placement (each node on its
+own cheapest device, transfers ignored), whose exact objective is reported beside ours. fx capture time
+of a Linear/GELU stack is reported separately (it is not planning).
+
+Executor: a chain of stages alternating between two fake devices (one small relu per stage); per-stage
+overhead = (plan.run time - time of calling the same prepared Programs directly in a loop) / stages,
+median over interleaved rounds.
+
+Targets: 1,000 nodes planned in < 100 ms; growth no worse than linear in nodes x devices^2; executor
+overhead < 50 us per stage.
+
+    python -m benchmarks.planner_scaling
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from benchmarks.common import environment, write_result
+from hal import ops as vocabulary
+from hal.capability import Capabilities, OpSupport, Paradigm
+from hal.device import Cost, Device, DeviceInfo, OpSpec, Program, TensorSpec
+from hal.kernels.torch_ops import TORCH_OPS
+from hal.runtime import capture, plan
+from hal.runtime.capture import Graph, Node
+from hal.runtime.costs import HostModel
+from hal.runtime.placement import place
+
+SIZES = (100, 1_000, 10_000)
+PLAN_TARGET_MS = 100.0
+OVERHEAD_TARGET_US = 50.0
+PARADIGMS = (Paradigm.DIGITAL, Paradigm.ANALOG, Paradigm.SPIKING, Paradigm.PHOTONIC, Paradigm.DIGITAL)
+
+
+class BenchDevice(Device):
+    """A fake device with a chosen paradigm, op set and per-flop costs (the runtime only sees the contract)."""
+
+    kind = "bench"
+    paradigm = Paradigm.DIGITAL
+    ops: tuple[str, ...] = ("linear", "gelu", "add", "relu")
+    s_per_flop = 1e-12
+    j_per_flop = 1e-12
+    error = 1e-5
+
+    @classmethod
+    def probe(cls) -> list[DeviceInfo]:
+        return []
+
+    def _build_capabilities(self) -> Capabilities:
+        return Capabilities(str(self.uri), self.kind, self.paradigm, True, {}, {n: OpSupport(("float32",), {"float32": 1e-3}) for n in self.ops})
+
+    def estimate(self, op: OpSpec) -> Cost:
+        flops = vocabulary.flops(op)
+        return Cost(1e-7 + flops * self.s_per_flop, flops * self.j_per_flop, self.error, "bench")
+
+    def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
+        fn, attrs = TORCH_OPS[op.name], dict(op.attrs)
+        return Program(op, self, self.estimate(op), lambda *inputs: fn(inputs, params, attrs))
+
+
+def devices(count: int) -> list[Device]:
+    out = []
+    for i in range(count):
+        ops = ("linear", "gelu", "add", "relu") if i % 3 != 1 else ("linear", "relu")
+        attrs = {"kind": f"bench{i}", "paradigm": PARADIGMS[i % len(PARADIGMS)], "ops": ops,
+                 "s_per_flop": 1e-12 * (1 + i % 4), "j_per_flop": 1e-12 * (1 + (3 * i) % 5), "error": 1e-5 * (1 + (2 * i) % 3)}
+        out.append(type(f"Bench{i}", (BenchDevice,), attrs)(f"bench{i}:0"))
+    return out
+
+
+def synthetic_graph(n: int, shape: str, distinct: bool, batch: int = 8) -> Graph:
+    """n nodes: a chain (linear, gelu, linear, gelu...) or a DAG of blocks h = linear(x), y = add(h, gelu(h)).
+
+    Widths cycle through 4 values ("repeated" layers) or change at every linear ("distinct": 64 + i mod 97).
+    """
+    nodes: list[Node] = []
+    x, width, i = "x", 64, 0
+    while len(nodes) < n:
+        out_w = 64 + (i * 31) % 97 if distinct else (64, 96, 128, 160)[(i + 1) % 4]
+        lin = OpSpec("linear", [TensorSpec((batch, width))], {"weight": TensorSpec((out_w, width))})
+        nodes.append(Node(f"l{i}", lin, (x,), {}, TensorSpec((batch, out_w)), "bench"))
+        nodes.append(Node(f"g{i}", OpSpec("gelu", [TensorSpec((batch, out_w))]), (f"l{i}",), {}, TensorSpec((batch, out_w)), "bench"))
+        x = f"g{i}"
+        if shape == "dag":
+            add = OpSpec("add", [TensorSpec((batch, out_w)), TensorSpec((batch, out_w))])
+            nodes.append(Node(f"a{i}", add, (f"l{i}", f"g{i}"), {}, TensorSpec((batch, out_w)), "bench"))
+            x = f"a{i}"
+        width, i = out_w, i + 1
+    nodes = nodes[:n]
+    return Graph(["x"], [TensorSpec((batch, 64))], {}, nodes, [nodes[-1].name], lambda v: v[0])
+
+
+def time_place(graph: Graph, devs: list[Device], repeats: int) -> tuple[float, object]:
+    host = HostModel.default()
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = place(graph, devs, "latency", host=host)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def greedy_objective(graph: Graph, devs: list[Device]) -> float:
+    """The exact serial latency of placing each node on its own fastest device, transfers ignored when choosing."""
+    host = HostModel.default()
+    pins = {}
+    for node in graph.nodes:
+        options = [(d.estimate(node.op).latency_s, str(d)) for d in sorted(devs, key=str) if d.supports(node.op)]
+        if options:
+            pins[node.name] = min(options)[1]
+    return place(graph, devs, "latency", pins, host).totals().latency_s
+
+
+def planning() -> tuple[list[dict], dict]:
+    rows = []
+    devs = devices(5)
+    for shape in ("chain", "dag"):
+        for distinct in (False, True):
+            for n in SIZES:
+                graph = synthetic_graph(n, shape, distinct)
+                seconds, result = time_place(graph, devs, 1 if n >= 10_000 else 5)
+                row = {"shape": shape, "layers": "distinct" if distinct else "repeated", "nodes": n, "devices": 5,
+                       "plan_ms": seconds * 1e3, "us_per_node_device2": seconds * 1e6 / (n * 25),
+                       "objective_latency_s": result.totals().latency_s,
+                       "locations_used": sorted({result.label(a) for a in result.assignment})}
+                if n == 1_000:
+                    row["greedy_objective_latency_s"] = greedy_objective(graph, devs)
+                rows.append(row)
+                print(f"{shape:5} {row['layers']:8} n={n:6}: {row['plan_ms']:8.2f} ms")
+    device_rows = []
+    for count in (2, 5, 10):
+        graph = synthetic_graph(1_000, "dag", False)
+        seconds, _ = time_place(graph, devices(count), 5)
+        device_rows.append({"nodes": 1_000, "devices": count, "plan_ms": seconds * 1e3})
+        print(f"dag 1000 nodes, {count} devices: {seconds * 1e3:.2f} ms")
+    return rows, {"by_devices": device_rows}
+
+
+def capture_times() -> list[dict]:
+    out = []
+    for n in (100, 1_000):
+        layers = []
+        for _ in range(n // 2):
+            layers += [nn.Linear(32, 32), nn.GELU()]
+        model = nn.Sequential(*layers)
+        start = time.perf_counter()
+        graph = capture(model, (torch.randn(4, 32),))
+        out.append({"nodes": len(graph.nodes), "capture_ms": (time.perf_counter() - start) * 1e3})
+        print(f"fx capture of {len(graph.nodes)} nodes: {out[-1]['capture_ms']:.1f} ms")
+    return out
+
+
+def executor_overhead(stages: int = 200, rounds: int = 30) -> dict:
+    a, b = devices(2)
+    layers = [nn.ReLU() for _ in range(stages)]
+    model = nn.Sequential(*layers)
+    x = torch.randn(1, 16)
+    pins = {str(i): str(a if i % 2 == 0 else b) for i in range(stages)}
+    the_plan = plan(model, x, pins=pins, devices=[a, b])
+    assert len(the_plan.stages) == stages
+    the_plan.prepare()
+    programs = [the_plan.programs[(node.name, the_plan.device_of(node.name))] for node in the_plan.graph.nodes]
+
+    def direct() -> torch.Tensor:
+        y = x
+        for p in programs:
+            y = p(y)
+        return y
+
+    assert torch.equal(direct(), the_plan.run(x))
+    via_plan, via_direct = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        direct()
+        via_direct.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        the_plan.run(x)
+        via_plan.append(time.perf_counter() - start)
+    overhead = statistics.median(p - d for p, d in zip(via_plan, via_direct)) / stages
+    return {
+        "stages": stages, "rounds": rounds,
+        "run_us_per_stage_median": statistics.median(via_plan) / stages * 1e6,
+        "direct_us_per_stage_median": statistics.median(via_direct) / stages * 1e6,
+        "overhead_us_per_stage": overhead * 1e6,
+    }
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    rows, by_devices = planning()
+    captured = capture_times()
+    executor = executor_overhead()
+    print(f"executor overhead: {executor['overhead_us_per_stage']:.2f} us per stage")
+    at = {(r["shape"], r["layers"], r["nodes"]): r["plan_ms"] for r in rows}
+    plan_ms_1000 = max(at[("chain", "repeated", 1_000)], at[("dag", "repeated", 1_000)])
+    growth = {
+        f"{shape}_{layers}_10000_over_1000": at[(shape, layers, 10_000)] / at[(shape, layers, 1_000)]
+        for shape in ("chain", "dag") for layers in ("repeated", "distinct")
+    }
+    summary = {
+        "plan_ms_1000": plan_ms_1000,
+        "plan_ms_1000_distinct_layers": max(at[("chain", "distinct", 1_000)], at[("dag", "distinct", 1_000)]),
+        "plan_ms_10000": max(at[("chain", "repeated", 10_000)], at[("dag", "repeated", 10_000)]),
+        "plan_target_ms": PLAN_TARGET_MS,
+        "plan_target_met": plan_ms_1000 < PLAN_TARGET_MS,
+        "growth_10x_nodes": growth,
+        "growth_devices_10_over_2": by_devices["by_devices"][2]["plan_ms"] / by_devices["by_devices"][0]["plan_ms"],
+        "executor_overhead_us_per_stage": executor["overhead_us_per_stage"],
+        "executor_target_us": OVERHEAD_TARGET_US,
+        "executor_target_met": executor["overhead_us_per_stage"] < OVERHEAD_TARGET_US,
+    }
+    document = {
+        "environment": environment("cpu (fake devices through the Device contract)"),
+        "setup": {"devices": 5, "paradigms": [p.value for p in PARADIGMS], "batch": 8, "widths": [64, 96, 128, 160], "policy": "latency", "torch_threads": 1},
+        "planning": rows,
+        "planning_by_devices": by_devices["by_devices"],
+        "capture": captured,
+        "executor": executor,
+        "summary": summary,
+    }
+    path = write_result("planner_scaling", document)
+    print(f"summary: {summary}\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
