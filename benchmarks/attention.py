@@ -135,13 +135,16 @@ def run_seq(seq: int, names: list[str], flex, create_block_mask, do_flex: bool, 
         def record(impl: str, fwd, extra: dict | None = None):
             row = dict(base, impl=impl, **(extra or {}))
             try:
+                # each measurement twice: the spread between the two says what difference is noise
                 with torch.no_grad():
-                    row["fwd_ms"] = bench(fwd)
+                    row["fwd_ms_runs"] = [bench(fwd), bench(fwd)]
+                row["fwd_ms"] = sum(row["fwd_ms_runs"]) / 2
                 row["fwd_tflops"] = fwd_flop / row["fwd_ms"] / 1e9
                 if do_bwd:
                     def fb():
                         fwd().backward(do)
-                    row["fwdbwd_ms"] = bench(fb, grad_to_none=[q, k, v])
+                    row["fwdbwd_ms_runs"] = [bench(fb, grad_to_none=[q, k, v]), bench(fb, grad_to_none=[q, k, v])]
+                    row["fwdbwd_ms"] = sum(row["fwdbwd_ms_runs"]) / 2
                     row["fwdbwd_tflops"] = 3.5 * fwd_flop / row["fwdbwd_ms"] / 1e9
             except Exception as e:  # report, never hide: a failing alternative is a result too
                 row["error"] = repr(e)[:300]
@@ -252,7 +255,7 @@ def main() -> int:
         "shapes": {"heads": HEADS, "head_dim": HEAD_DIM, "dtype": str(DTYPE), "batch": "max(1, 16384 // S)",
                    "seqs": seqs},
         "flop_convention": "forward 4*B*H*pairs*D over allowed (q,k) pairs; forward+backward 3.5x forward",
-        "timing": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, CUDA events",
+        "timing": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, CUDA events; each twice, mean reported",
         "correctness": [], "rows": [],
     }
     if not args.no_check:

@@ -250,8 +250,9 @@ def test_lse_gradient_and_uneven_lengths():
 
 
 @needs_kernel
-@pytest.mark.parametrize("use_tma,warp_specialize", [(True, False), (True, True)])
-def test_forward_through_tensor_descriptors(use_tma, warp_specialize):
+@pytest.mark.parametrize("use_tma,warp_specialize,single_loop", [(True, False, False), (True, True, False),
+                                                                 (False, False, True)])
+def test_forward_variants(use_tma, warp_specialize, single_loop):
     # the Hopper TMA variant reads K/V of all heads as one (B*H_kv*S, D) matrix: S = 80 makes tiles cross heads
     from hal.kernels.attention.configs import TileConfig
     pattern = patterns.sliding_window(20) & patterns.causal()
@@ -260,7 +261,7 @@ def test_forward_through_tensor_descriptors(use_tma, warp_specialize):
     q = torch.randn(2, 2, 80, 32, generator=g, device=DEVICE).half()
     k = torch.randn(2, 1, 80, 32, generator=g, device=DEVICE).half()
     v = torch.randn(2, 1, 80, 32, generator=g, device=DEVICE).half()
-    out, _ = attn.forward(q, k, v, 32 ** -0.5, TileConfig(32, 16, 4, 1, use_tma, warp_specialize))
+    out, _ = attn.forward(q, k, v, 32 ** -0.5, TileConfig(32, 16, 4, 1, use_tma, warp_specialize, single_loop))
     ref, _ = attention_reference(q, k, v, pattern)
     assert rel(out, ref) < BF16_TOL
 

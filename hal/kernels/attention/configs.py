@@ -26,6 +26,7 @@ class TileConfig:
     num_stages: int
     use_tma: bool = False  # forward only: K/V tiles through the Hopper bulk tensor copy engine (TMA descriptors)
     warp_specialize: bool = False  # forward only: Triton's automatic warp specialization of the full-tile loop
+    single_loop: bool = False  # forward only: one masked loop over partial and full tiles (one pipeline fill)
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,15 @@ class ArchConfigs:
 T = TileConfig
 
 HOPPER = ArchConfigs(
-    forward={64: (T(128, 128, 8, 3), T(128, 64, 4, 3), T(128, 128, 8, 3, True)),
-             128: (T(128, 128, 8, 3), T(128, 64, 8, 3), T(128, 128, 8, 3, True), T(128, 128, 8, 4, True),
-                   T(128, 128, 8, 3, True, True), T(128, 64, 4, 3, True, True)),
+    forward={64: (T(128, 128, 8, 3), T(128, 64, 4, 3), T(128, 128, 8, 3, True), T(128, 64, 4, 2, single_loop=True)),
+             128: (T(128, 128, 8, 3), T(128, 128, 8, 3, True), T(128, 128, 8, 3, True, True), T(128, 64, 4, 2),
+                   T(64, 64, 4, 3), T(128, 128, 8, 3, single_loop=True), T(128, 64, 4, 2, single_loop=True)),
              256: (T(64, 64, 4, 2), T(128, 64, 8, 2), T(128, 64, 8, 2, True))},
     backward_dkdv={64: (T(64, 64, 4, 2), T(64, 128, 8, 3)),
-                   128: (T(64, 64, 4, 2), T(64, 64, 4, 3), T(64, 128, 8, 2), T(128, 64, 8, 2)),
+                   128: (T(64, 64, 4, 2), T(64, 64, 4, 3), T(64, 128, 8, 2)),
                    256: (T(32, 64, 4, 2), T(64, 64, 8, 1))},
     backward_dq={64: (T(64, 64, 4, 2), T(128, 64, 8, 3)),
-                 128: (T(64, 64, 4, 2), T(64, 64, 4, 3), T(128, 64, 8, 2), T(64, 32, 4, 3)),
+                 128: (T(64, 64, 4, 2), T(128, 64, 8, 2), T(64, 32, 4, 3)),
                  256: (T(64, 32, 4, 2), T(64, 64, 8, 1))},
 )
 

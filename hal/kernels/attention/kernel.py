@@ -178,7 +178,7 @@ class AttentionKernel:
             seq_q, k.shape[2], heads, heads // k.shape[1], *map_scalars, *self._tensor_args(q.device),
             HEAD_DIM=self.head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
             HAS_SCORE=self.score_mod is not None, DOT_F32=self._dot_f32(q), USE_TMA=config.use_tma,
-            WARP_SPECIALIZE=config.warp_specialize, num_warps=config.num_warps, num_stages=config.num_stages)
+            WARP_SPECIALIZE=config.warp_specialize, SINGLE_LOOP=config.single_loop, num_warps=config.num_warps, num_stages=config.num_stages)
         return out, lse
 
     def delta(self, out, d_out, lse, d_lse):

@@ -61,7 +61,7 @@ def attention_forward(Q, K, V, DESC_K, DESC_V, O, LSE, P_CNT, P_IDX, F_CNT, F_ID
                       seq_q, seq_kv, n_heads, group, q_tiles, kv_tiles, map_sb, map_sh, @TARGS@
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr, USE_TMA: tl.constexpr,
-                      WARP_SPECIALIZE: tl.constexpr):
+                      WARP_SPECIALIZE: tl.constexpr, SINGLE_LOOP: tl.constexpr):
     # heaviest query tiles (last rows of causal-like patterns) first: less idle tail at the end of the grid
     pid_m = q_tiles - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -83,17 +83,28 @@ def attention_forward(Q, K, V, DESC_K, DESC_V, O, LSE, P_CNT, P_IDX, F_CNT, F_ID
     row = (b * map_sb + h * map_sh) * q_tiles + pid_m
     lists = row.to(tl.int64) * kv_tiles
     n_partial = tl.load(P_CNT + row)
-    for i in range(n_partial):
-        start_n = tl.load(P_IDX + lists + i) * BLOCK_N
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
-                                  offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ True, HAS_SCORE, DOT_F32,
-                                  USE_TMA)
     n_full = tl.load(F_CNT + row)
-    for i in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
-        start_n = tl.load(F_IDX + lists + i) * BLOCK_N
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
-                                  offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ False, HAS_SCORE, DOT_F32,
-                                  USE_TMA)
+    if SINGLE_LOOP:
+        # one software pipeline over every visited tile, masking all of them: for short rows of tiles (sliding
+        # windows, documents) one pipeline fill/drain instead of two can outweigh the mask work on full tiles
+        for i in range(n_partial + n_full):
+            from_partial = tl.load(P_IDX + lists + tl.minimum(i, kv_tiles - 1))
+            from_full = tl.load(F_IDX + lists + tl.maximum(i - n_partial, 0))
+            start_n = tl.where(i < n_partial, from_partial, from_full) * BLOCK_N
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
+                                      offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ True, HAS_SCORE,
+                                      DOT_F32, USE_TMA)
+    else:
+        for i in range(n_partial):
+            start_n = tl.load(P_IDX + lists + i) * BLOCK_N
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
+                                      offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ True, HAS_SCORE,
+                                      DOT_F32, USE_TMA)
+        for i in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
+            start_n = tl.load(F_IDX + lists + i) * BLOCK_N
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
+                                      offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ False, HAS_SCORE,
+                                      DOT_F32, USE_TMA)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
