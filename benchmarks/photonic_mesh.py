@@ -95,8 +95,10 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["complex64", "complex128"], default="complex64")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--reference-repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every method (1: stable timings on a shared CPU)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     out = args.out or RESULTS / ("photonic_mesh.json" if device.type == "cpu" else f"photonic_mesh_{device.type}.json")
@@ -137,7 +139,7 @@ def main() -> None:
             "numpy": np.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
-            "note": "shared CPU (other jobs running): wall times are the minimum of the repeats",
+            "note": "shared CPU (other jobs running): wall times are the minimum of the repeats; every method uses the same thread count",
         },
         "shapes": {"n": args.n, "batch": args.batch, "dtype": args.dtype, "layout": "clements", "mzis": mesh.phases.mzi_count, "columns": mesh.depth},
         "imperfections": {"phase_bits": config.phase.dac_bits, "crosstalk": config.phase.crosstalk * config.phase.crosstalk_residual, "coupler_error_rad": config.coupler.splitting_error_rad, "mzi_loss_db": config.loss.mzi_loss_db},

@@ -110,3 +110,28 @@ def test_splitter_errors_must_cover_the_mesh():
     u = random_unitary(6, np.random.default_rng(0))
     with pytest.raises(ValueError, match="sites"):
         Mesh(decompose(u), PhotonicConfig(), np.zeros((2, 6, 2)))
+
+
+def _coupler(delta: float) -> np.ndarray:
+    c, s = np.cos(np.pi / 4 + delta), np.sin(np.pi / 4 + delta)
+    return np.array([[c, 1j * s], [1j * s, c]])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_transfer_matrix_equals_an_independent_dense_product(layout):
+    """Rebuild the programmed mesh as a product of dense N x N matrices, one per MZI, from the physics alone."""
+    config = PhotonicConfig()
+    mesh, _ = _mesh(7, config, layout, seed=11)
+    loss = config.loss
+    through, idle = 10 ** (-loss.mzi_loss_db / 20), 10 ** (-loss.crossing_loss_db / 20)
+    total = np.eye(7, dtype=complex)
+    for column in range(mesh.depth):
+        layer = np.diag(np.full(7, idle, dtype=complex))
+        for m in np.flatnonzero(mesh.active[column]):
+            d1, d2 = mesh.splitter_errors[column, m]
+            theta, phi = mesh.theta[column, m], mesh.phi[column, m]
+            block = _coupler(d2) @ np.diag([np.exp(1j * theta), 1]) @ _coupler(d1) @ np.diag([np.exp(1j * phi), 1])
+            layer[m : m + 2, m : m + 2] = through * block
+        total = layer @ total
+    total = np.exp(1j * mesh.output_phases)[:, None] * total
+    assert np.abs(mesh.transfer_matrix([1.0])[0].numpy() - total).max() < 1e-12

@@ -160,11 +160,20 @@ class Mesh:
 
     @staticmethod
     def propagate(x: torch.Tensor, stack: ColumnStack) -> torch.Tensor:
-        """Fields after the mesh for input fields ``x`` of shape (channels, ..., n): one step per column."""
-        shape = (stack.a.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        """Fields after the mesh for input fields ``x`` of shape (channels, batch, n): one step per column.
+
+        The state is held mode-major, (channels, n, batch), so the partner gather of a column copies whole
+        rows, and two buffers alternate so a step allocates nothing.
+        """
+        state = torch.empty(x.shape[:-2] + (x.shape[-1], x.shape[-2]), dtype=x.dtype, device=x.device)
+        state.copy_(x.transpose(-1, -2))
+        gathered, following = torch.empty_like(state), torch.empty_like(state)
         for c in range(stack.perm.shape[0]):
-            x = stack.a[:, c].reshape(shape) * x + stack.b[:, c].reshape(shape) * torch.index_select(x, -1, stack.perm[c])
-        return x * stack.output.reshape(shape)
+            torch.index_select(state, -2, stack.perm[c], out=gathered)
+            torch.mul(stack.a[:, c, :, None], state, out=following)
+            following.addcmul_(stack.b[:, c, :, None], gathered)
+            state, following = following, state
+        return (stack.output[:, :, None] * state).transpose(-1, -2)
 
     def transfer_matrix(self, wavelength_scales: list[float], dtype: torch.dtype = torch.complex128, device: torch.device | str = "cpu") -> torch.Tensor:
         """The mesh's transfer matrices, shape (channels, n, n): fields out = M @ fields in."""
@@ -173,24 +182,20 @@ class Mesh:
         return self.propagate(eye, stack).transpose(-1, -2)
 
     def propagate_reference(self, x: torch.Tensor, wavelength_scale: float = 1.0) -> torch.Tensor:
-        """The same physics one MZI at a time (a Python loop over all N(N-1)/2 MZIs): the reference the column path is checked against."""
-        real = torch.float64
-        loss = self.config.loss if self.config.loss_on else None
-        through = db_to_amplitude(loss.mzi_loss_db) if loss else 1.0
-        idle = db_to_amplitude(loss.crossing_loss_db) if loss else 1.0
-        x = x.clone()
+        """The same physics one MZI at a time: a Python loop over all N(N-1)/2 MZIs, each updating its two modes.
+
+        The reference the column path is checked and benchmarked against. Coefficients are computed up front
+        (programming), the state is mode-major (contiguous rows), so the loop itself is the per-MZI cost only.
+        """
+        stack = self.columns([wavelength_scale], x.dtype, x.device)
+        a, b = stack.a[0], stack.b[0]
+        state = x.transpose(-1, -2).contiguous()
         for column in range(self.depth):
-            busy = np.zeros(self.n, dtype=bool)
-            for m in np.flatnonzero(self.active[column]):
-                theta = torch.tensor(self.theta[column, m] * wavelength_scale, dtype=real, device=x.device)
-                phi = torch.tensor(self.phi[column, m] * wavelength_scale, dtype=real, device=x.device)
-                delta = torch.tensor(self.splitter_errors[column, m], dtype=real, device=x.device)
-                t00, t01, t10, t11 = (t.to(x.dtype) * through for t in mzi_entries(theta, phi, delta))
-                top, bottom = x[..., m].clone(), x[..., m + 1].clone()
-                x[..., m] = t00 * top + t01 * bottom
-                x[..., m + 1] = t10 * top + t11 * bottom
-                busy[m] = busy[m + 1] = True
-            for m in np.flatnonzero(~busy):
-                x[..., m] = x[..., m] * idle
-        screen = torch.as_tensor(self.output_phases * wavelength_scale, dtype=real, device=x.device)
-        return x * torch.polar(torch.ones_like(screen), screen).to(x.dtype)
+            for m in np.flatnonzero(self.active[column]).tolist():
+                top, bottom = state[m].clone(), state[m + 1]
+                state[m] = a[column, m] * top + b[column, m] * bottom
+                state[m + 1] = a[column, m + 1] * bottom + b[column, m + 1] * top
+            idle = np.flatnonzero(stack.perm[column].cpu().numpy() == np.arange(self.n)).tolist()
+            for m in idle:
+                state[m] = a[column, m] * state[m]
+        return (stack.output[0, :, None] * state).transpose(-1, -2)
