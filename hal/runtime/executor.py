@@ -136,6 +136,19 @@ class Executor:
         args = [a if a.device.type == "cpu" or a.device == target else a.to(target) for a in args]
         return self._program(node, device)(*args)
 
+    def _prepare_all(self, stages: list[Stage], placement: Placement) -> None:
+        """Prepare (or reuse) every device Program before anything runs, so stage times are run times."""
+        for stage in stages:
+            device = placement.locations[stage.location]
+            if device is None:
+                continue
+            for i in stage.nodes:
+                node = self.plan.graph.nodes[i]
+                try:
+                    self._program(node, device)
+                except Exception as exc:
+                    raise _StageFailed(stage.location, node.name, exc) from exc
+
     def _run_stage(self, stage: Stage, placement: Placement, values: dict[str, Any], done: set[str]) -> None:
         graph = self.plan.graph
         device = placement.locations[stage.location]
@@ -166,6 +179,7 @@ class Executor:
             placement = self.plan.placement
             stages = build_stages(graph, placement, done)
             try:
+                self._prepare_all(stages, placement)
                 if is_chain(stages) or not self.plan.overlap:
                     self._run_serial(stages, placement, values, done, report if profile else None, t0)
                 else:

@@ -26,7 +26,7 @@ SHOWN_NODES = 4
 def _si(value: float, unit: str) -> str:
     if value == 0:
         return f"0 {unit}"
-    for factor, prefix in ((1, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p"), (1e-15, "f")):
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p"), (1e-15, "f")):
         if abs(value) >= factor:
             return f"{value / factor:.3g} {prefix}{unit}"
     return f"{value:.3g} {unit}"
@@ -190,6 +190,7 @@ def save_plot(plan: Plan, path: str, report: Report | None = None) -> None:
     bars.barh(range(len(devices)), [energy.get(d, 0.0) for d in devices], color=[colours[d] for d in devices])
     bars.set_yticks(range(len(devices)), [""] * len(devices))
     bars.set_xlabel("estimated energy (J)")
+    bars.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     bars.set_title("energy by device")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
