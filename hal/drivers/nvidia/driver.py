@@ -7,7 +7,8 @@ with the right name. Options:
 - ``?matmul_precision=native|tf32|bf16|fp16|fp8`` (default native): the tensor-core policy of matmul, linear and
   conv2d (see ``matmul.py``); results keep the inputs' dtype.
 - ``?attention=hal|sdpa`` (default hal): attention through hal's Triton kernel (``hal.kernels.attention``) where
-  it supports the call (bf16/fp16, head dim 16..256, equal q/k lengths when causal, Hopper/datacenter Blackwell),
+  it supports the call (bf16/fp16, a head dim it has tiles for: 64/128/256, equal q/k lengths when causal,
+  Hopper or datacenter Blackwell),
   torch's scaled_dot_product_attention otherwise.
 
 Inputs may be on the host or on this GPU: host tensors are copied to the GPU on every call (weights once, at
@@ -42,7 +43,6 @@ TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-
 #: Tolerance when the tensor cores read a narrower format than the inputs (see matmul.expected_error).
 COMPUTE_TOLERANCE = {"tfloat32": 2e-3, "bfloat16": 3e-2, "float16": 5e-3, "float8_e4m3fn": 1.2e-1}
 GEMM_OPS = ("matmul", "linear", "conv2d")
-ATTENTION_HEAD_DIMS = (16, 32, 64, 128, 256)
 #: Architectures hal's Triton attention kernel has tuned tiles for (cc 12.x has 100 KB of shared memory, not 228).
 ATTENTION_KERNEL_MAJORS = (9, 10)
 
@@ -236,21 +236,22 @@ class NvidiaDevice(Device):
     def _attention(self, op: OpSpec, attrs: dict[str, Any]) -> tuple[Callable[..., torch.Tensor], str]:
         q, k, v = op.inputs
         causal, scale = attrs["causal"], attrs["scale"]
+        arch = BY_MAJOR[self.gpu.cuda.cc_major].name if self.gpu.cuda.cc_major in ATTENTION_KERNEL_MAJORS else None
         fits = (
             self.options["attention"] == "hal"
+            and arch is not None
             and q.dtype in (torch.bfloat16, torch.float16)
-            and q.shape[3] in ATTENTION_HEAD_DIMS
             and k.shape == v.shape
             and (not causal or q.shape[2] == k.shape[2])
-            and self.gpu.cuda.cc_major in ATTENTION_KERNEL_MAJORS
         )
         if fits:
             try:
-                from hal.kernels.attention import compile_attention, patterns
+                from hal.kernels.attention import compile_attention, configs, patterns
             except ImportError:
                 fits = False
-        if fits:
-            kernel = compile_attention(patterns.causal() if causal else patterns.full(), head_dim=q.shape[3], dtype=q.dtype, arch=BY_MAJOR[self.gpu.cuda.cc_major].name)
+        # the head dims the kernel has tuned tiles for on this architecture (64, 128, 256 on Hopper)
+        if fits and q.shape[3] in configs.ARCHITECTURES[arch].forward:
+            kernel = compile_attention(patterns.causal() if causal else patterns.full(), head_dim=q.shape[3], dtype=q.dtype, arch=arch)
             return (lambda q_, k_, v_: kernel(q_, k_, v_, scale=scale)), "hal.kernels.attention (Triton)"
         sdpa = TORCH_OPS["attention"]
         if q.dtype == torch.float32:

@@ -99,11 +99,14 @@ def fp8_quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor scaling to e4m3: returns (t / scale as float8_e4m3fn, scale as a float32 0-d tensor).
 
     scale = amax(|t|) / 448, so the largest magnitude lands on the largest e4m3 value and nothing saturates;
-    an all-zero tensor gets scale 1.
+    an all-zero tensor gets scale 1. Three passes over a bf16/float32 ``t``: min/max, scale, cast (no float32
+    copy); float16 and float64 are scaled in float32 (1/scale can overflow float16).
     """
-    amax = t.detach().abs().amax().float()
+    low, high = torch.aminmax(t.detach())
+    amax = torch.maximum(-low, high).float()
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    return (t.float() / scale).to(FP8), scale
+    work = t if t.dtype in (torch.bfloat16, torch.float32) else t.float()
+    return torch.mul(work, (1 / scale).to(work.dtype)).to(FP8), scale
 
 
 def _pad_to(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
