@@ -83,7 +83,7 @@ class Measurement:
         self.outcome = "PASS" if ok else "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
-        validators = [f"x >= {self.low:g}"] * (self.low is not None) + [f"x <= {self.high:g}"] * (self.high is not None)
+        validators = ([] if self.low is None else [f"x >= {self.low:g}"]) + ([] if self.high is None else [f"x <= {self.high:g}"])
         value = self.measured_value
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)

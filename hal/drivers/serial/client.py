@@ -20,6 +20,11 @@ from hal.drivers.serial.protocol import Command, Message, ProtocolError, Status
 from hal.drivers.serial.transport import BITS_PER_BYTE, Link
 
 
+#: Each resend of a request waits this factor longer than the previous attempt (exponential backoff, as TCP
+#: retransmission does), so a board that is slow rather than deaf is not buried under copies of one request.
+BACKOFF = 2.0
+
+
 class BoardError(Exception):
     """The board answered with a status other than OK."""
 
@@ -43,6 +48,8 @@ class Request:
     payload: bytes = b""
     #: Payload bytes the answer is expected to carry (for the timeout's line-time allowance).
     answer_bytes: int = 0
+    #: Seconds the board may compute before answering (its declared programming time for a commit).
+    busy_s: float = 0.0
 
 
 @dataclass
@@ -134,7 +141,7 @@ class BoardClient:
         wire = encode_frame(p.request(request.command, self._seq, self.session, request.payload).pack())
         ahead = sum(len(e.wire) + e.request.answer_bytes for e in in_flight.values())
         allowance = self.line_time_s(ahead + len(wire) + encoded_limit(p.HEADER_BYTES + request.answer_bytes) + 1)
-        entry = _InFlight(index, request, self._seq, wire, time.monotonic() + self.timeout_s + allowance)
+        entry = _InFlight(index, request, self._seq, wire, time.monotonic() + self.timeout_s + request.busy_s + allowance)
         self._write(wire)
         self.counters.requests += 1
         return entry
@@ -145,11 +152,12 @@ class BoardClient:
             raise NoAnswer(f"{entry.request.command.name} got no answer within its timeout; it is not idempotent, so it was not resent")
         if entry.attempts > self.retries:
             raise NoAnswer(f"{entry.request.command.name} got no intact answer after {entry.attempts} attempts "
-                           f"(timeout {self.timeout_s:g} s + line time at {self.link.baud or 'unlimited'} baud)")
+                           f"(timeout {self.timeout_s:g} s doubling per attempt, + line time at {self.link.baud or 'unlimited'} baud)")
         entry.attempts += 1
         self.counters.retries += 1
         ahead = sum(len(e.wire) + e.request.answer_bytes for e in in_flight.values())
-        entry.deadline = time.monotonic() + self.timeout_s + self.line_time_s(ahead + entry.request.answer_bytes + 32)
+        backoff = self.timeout_s * BACKOFF ** (entry.attempts - 1)  # a busy board is not flooded with copies
+        entry.deadline = time.monotonic() + backoff + entry.request.busy_s + self.line_time_s(ahead + entry.request.answer_bytes + 32)
         self._write(b"\x00" + entry.wire)  # the leading delimiter closes any torn frame the board is holding
 
     def _write(self, wire: bytes) -> None:

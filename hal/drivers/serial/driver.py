@@ -433,7 +433,8 @@ class BoardDevice(Device):
                      for start in range(0, values.size, chunk)]
         self.client.exchange(requests[:1])  # BEGIN must land before the writes it sizes
         self.client.exchange(requests[1:])
-        self.client.call(Command.PROGRAM_COMMIT, p.PROGRAM_COMMIT.pack(slot, crc32(p.floats_to_bytes(values))))
+        commit = Request(Command.PROGRAM_COMMIT, p.PROGRAM_COMMIT.pack(slot, crc32(p.floats_to_bytes(values))), busy_s=float(self.board.get("program_time_s", 0.0)))
+        self.client.exchange([commit])
 
     def _read_back(self, slot: int, size: int) -> np.ndarray:
         chunk = self.client.max_payload // 4

@@ -67,6 +67,9 @@ class BoardConfig:
     #: device's declared tolerance already covers). A design choice of the emulator: 5 per 1000, above the
     #: default stuck-device rates of the memristor emulator (1e-4 at g_min + 1e-4 at g_max per device).
     defect_allowance: float = 0.005
+    #: Longest a PROGRAM_COMMIT may take to answer (programming + read-back measurement). A design choice
+    #: of the emulator that covers a 1024x1024 memristor program on a loaded host; hosts wait this long.
+    program_time_s: float = 10.0
     serial_number: str = "EMU-0"
 
     @property
@@ -136,7 +139,8 @@ class Firmware:
         return self._device
 
     def reboot(self) -> None:
-        """Power cycle: a fresh nonzero boot id, no programmed slots, counters zeroed (as a real MCU's RAM would be)."""
+        """Power cycle: a fresh nonzero boot id, no programmed slots, counters zeroed (RAM) except ``resets``,
+        which a board keeps in non-volatile memory (it counts power-ons, the first included)."""
         resets = self.counters.resets
         self.boot_id = secrets.randbits(32) or 1
         self.counters = Counters(resets=resets + 1)
@@ -233,6 +237,7 @@ class Firmware:
             "max_payload": self.config.max_payload,
             "readback_tolerance": tolerance,
             "defect_allowance": self.config.defect_allowance,
+            "program_time_s": self.config.program_time_s,
             "peak": hosted["peak"],
             "energy": hosted["energy"],
             "sections": hosted["sections"],
