@@ -13,7 +13,7 @@ written to the meshes on every call (its heater settling time is charged per cal
 ``?detection=intensity`` the detectors read |W x|^2, which is not a linear op: the device then offers the
 paradigm op ``intensity_linear`` (x -> |W x|^2 per output) instead.
 
-Switches: ``?phase_bits=12`` (0: continuous), ``crosstalk``, ``fabrication``, ``loss``, ``noise``,
+Switches: ``?phase_bits=12`` (0: continuous), ``crosstalk``, ``fabrication``, ``loss``, ``balanced_loss``, ``noise``,
 ``dispersion``, ``?adc_bits=8`` (0: none), ``?snr_db=50``, ``?ideal=1`` (all off). ``?seed=`` fixes the
 chip's coupler errors and the noise stream; ``manual_seed`` restarts the noise stream. ``?compute=cuda``
 runs the simulation on the GPU.
@@ -113,6 +113,7 @@ class PhotonicDevice(Device):
         "crosstalk": Option(parse_bool, True, "thermal crosstalk between neighbouring heaters (1/0)"),
         "fabrication": Option(parse_bool, True, "coupler splitting errors of the chip (1/0)"),
         "loss": Option(parse_bool, True, "insertion loss per MZI and per idle crossing (1/0)"),
+        "balanced_loss": Option(parse_bool, False, "give idle crossings a dummy loss equal to an MZI's, so every path loses the same (1/0)"),
         "noise": Option(parse_bool, True, "detector shot and thermal noise (1/0)"),
         "dispersion": Option(parse_bool, True, "wavelength dependence of heater phases across WDM channels (1/0)"),
         "ideal": Option(parse_bool, False, "switch every non-ideality off (exact mesh arithmetic, one wavelength)"),
@@ -145,6 +146,8 @@ class PhotonicDevice(Device):
         if o["ideal"]:
             return PhotonicConfig.ideal(o["detection"])
         base = PhotonicConfig()
+        if o["balanced_loss"]:
+            base = replace(base, loss=replace(base.loss, crossing_loss_db=base.loss.mzi_loss_db))
         return replace(
             base,
             phase=replace(base.phase, dac_bits=o["phase_bits"]),

@@ -76,7 +76,9 @@ class LossConfig:
       Rev. 6, 47 (2012), quote 1-3 dB/cm for strip waveguides).
 
     Unequal losses on different paths distort the matrix (the Reck triangle's paths cross 1 to 2N-3
-    MZIs; Clements' all cross about N); the common part is removed by the readout gain calibration.
+    MZIs; Clements' cross N or N-1 plus idle edge segments); the common part is removed by the readout
+    gain calibration. Setting ``crossing_loss_db = mzi_loss_db`` models a loss-balanced layout (dummy
+    elements on the idle segments): every path then loses the same and only the common loss remains.
     """
 
     mzi_loss_db: float = 0.3
