@@ -1,0 +1,454 @@
+"""Loihi2Device: spiking layers computed as Intel Loihi 2 computes them, on the bit-accurate engine or through lava.
+
+``loihi2:0`` runs on the torch engine (``engine.py``, CPU or ``?compute=cuda``), bit-exact with lava-nc's
+``Loihi2SimCfg(select_tag="fixed_pt")``; ``?backend=lava`` runs the same integer network through the lava
+worker (``lava_client.py``), and on Loihi 2 hardware where lava-loihi is installed (``Loihi2HwCfg``).
+
+Ops:
+
+- ``lif_layer`` (paradigm op): integer spikes (T, B, n_in) -> output spikes (T, B, n_out) uint8, with params
+  ``weight`` (n_out, n_in) and optional ``bias`` (n_out,) in Loihi units (integers: weight mantissas, bias
+  mantissas) and attributes ``du``, ``dv``, ``vth``, ``weight_exp``, ``bias_exp``, ``num_message_bits``.
+- ``linear`` with ``activation="relu"`` (vocabulary): rate coded at the device's edge. The input is split into
+  ``relu(x)`` and ``relu(-x)`` spike trains (weights ``[W, -W]``) at scale ``max|x|``; the LIF threshold is
+  balanced on the call's own batch (Rueckauer et al. 2017's data-based normalisation: the largest
+  pre-activation maps to ``TARGET_MAX_RATE`` spikes per step); the output is the spike count plus the residual
+  membrane charge, over ``?steps=`` steps. ``activation="none"`` is refused: spike rates cannot be negative.
+
+After each call a Program's ``cost`` holds the energy of the events the engine counted (synaptic operations and
+neuron updates) and ``report`` what quantisation changed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hal.capability import Capabilities, Figure, OpSupport, Paradigm
+from hal.capability.neuromorphic import ChipLimits, NeuroCoreLimits, NeuromorphicSection, NumberFormats
+from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, parse_bool
+from hal.drivers.loihi2.engine import DenseSynapse, LifLayer, LifNetwork, LifParams
+from hal.drivers.loihi2.lava_client import SETUP_HINT, LavaWorker, find_lava_python, network_request
+from hal.drivers.loihi2.mapper import INTEL_BRIEF, LayerShape, Loihi2Spec, Mapping, map_layers
+from hal.drivers.loihi2.quantize import VTH_RANGE, WEIGHT_EXP_RANGE, quantize_bias, quantize_weights
+from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput, ShapeError, UnsupportedOp
+from hal.kernels.spike_coding import golden_phases, rate_encode
+
+DAVIES_2018 = "Davies et al., 'Loihi: A Neuromorphic Manycore Processor with On-Chip Learning', IEEE Micro 38(1), 2018, Table 2"
+LAVA_SOURCE = "lava-nc 0.10 lava/proc/lif/models.py and lava/proc/dense/models.py (bit-accurate models)"
+
+
+@dataclass(frozen=True)
+class EventCosts:
+    """Energy and time per event on a neuro core.
+
+    Source: Davies et al. 2018 (IEEE Micro), Table 2, measured on Loihi (14 nm): 23.6 pJ per synaptic spike
+    operation (minimum), 3.5 ns per synaptic operation (maximum), 52 pJ per active neuron update. Intel has not
+    published per-event figures for Loihi 2 (Intel 4); these first-generation figures are used as the estimate.
+    """
+
+    synaptic_op_j: float = 23.6e-12
+    synaptic_op_s: float = 3.5e-9
+    neuron_update_j: float = 52e-12
+
+
+#: The largest pre-activation of a rate-coded layer maps to this many spikes per step. Reset-to-zero loses the
+#: overshoot above threshold (about half a step's input per spike, i.e. ~rate/2 relative), while counting over T
+#: steps resolves 1/(T*rate): the rate balancing both, sqrt(2/T), is used, capped here.
+TARGET_MAX_RATE = 0.25
+#: Before a call has counted its events, estimates assume inputs spike at this fraction of steps.
+ASSUMED_INPUT_RATE = 0.25
+LIF_LAYER_ATTRS = {"du": 4095, "dv": 0, "vth": 100, "weight_exp": 0, "bias_exp": 0, "num_message_bits": 0}
+SPIKE_DTYPES = ("uint8", "bool", "int32", "int64", "float32")
+
+
+def _backend(text: str) -> str:
+    if text not in ("engine", "lava"):
+        raise ValueError("choose 'engine' or 'lava'")
+    return text
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def target_rate(steps: int) -> float:
+    """Spikes per step the largest pre-activation is balanced to: sqrt(2/T), at most TARGET_MAX_RATE."""
+    return min(TARGET_MAX_RATE, math.sqrt(2.0 / steps))
+
+
+class LoihiProgram(Program):
+    """A Program that, after each call, holds the counted cost and a report of what quantisation changed."""
+
+    def __init__(self, op: OpSpec, device: Loihi2Device, cost: Cost, run):
+        super().__init__(op, device, cost, run)
+        self.report: dict[str, Any] = {}
+
+
+class Loihi2Device(Device):
+    """An Intel Loihi 2 system (one or more chips), simulated bit-accurately or run through lava-nc."""
+
+    kind = "loihi2"
+    refuses_nonfinite = True
+    OPTIONS = {
+        "steps": Option(_positive, 256, "time steps a rate-coded vocabulary op runs (positive integer)"),
+        "backend": Option(_backend, "engine", "'engine' (hal's bit-accurate torch engine) or 'lava' (lava-nc through its Python 3.10 worker)"),
+        "chips": Option(_positive, 1, "chips in the system (multi-chip boards: e.g. 8 for Kapoho Point)"),
+        "python": Option(str, None, "a Python 3.10 interpreter with lava-nc, for ?backend=lava"),
+        "strict": Option(parse_bool, False, "refuse weights that quantisation would clip or truncate instead of reporting it"),
+        "compute": Option(str, "cpu", "torch device the engine computes on: 'cpu' or 'cuda[:n]'"),
+    }
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        if self.index != 0:
+            raise DeviceUnavailable(str(self.uri), "hal models one Loihi 2 system, loihi2:0 (use ?chips=N for several chips)", "use 'loihi2:0'")
+        self.spec = Loihi2Spec()
+        self.events = EventCosts()
+        compute = torch.device(self.options["compute"])
+        if compute.type == "cuda" and not torch.cuda.is_available():
+            raise DeviceUnavailable(str(self.uri), "?compute=cuda was asked but torch sees no CUDA device", "drop ?compute or run on a machine with an NVIDIA GPU")
+        if compute.type not in ("cpu", "cuda"):
+            raise DeviceUnavailable(str(self.uri), f"the engine computes on cpu or cuda, not {compute.type}", "use ?compute=cpu or ?compute=cuda")
+        self.torch_device = compute
+        self._worker: LavaWorker | None = None
+        self._lava_python: str | None = None
+        if self.options["backend"] == "lava":
+            found = find_lava_python(self.options["python"])
+            if not found.ok:
+                raise DeviceUnavailable(str(self.uri), f"?backend=lava needs lava-nc, which imports only on Python 3.10; {found.reason}", SETUP_HINT)
+            self._lava_python = found.path
+
+    # ---- discovery
+    @classmethod
+    def probe(cls) -> list[DeviceInfo]:
+        lava = find_lava_python()
+        return [
+            DeviceInfo(
+                uri="loihi2:0",
+                kind="loihi2",
+                available=True,
+                simulated=True,
+                paradigm=Paradigm.SPIKING.value,
+                summary={
+                    "backend": "bit-accurate engine (torch)",
+                    "lava": f"available ({lava.path}, found by {lava.found_by})" if lava.ok else f"unavailable: {lava.reason}",
+                    "neurons_per_chip": Loihi2Spec().neurons_per_chip,
+                },
+            )
+        ]
+
+    @classmethod
+    def diagnose(cls) -> list[Check]:
+        lava = find_lava_python()
+        checks = [Check("lava-nc (Python 3.10 worker)", lava.ok, f"{lava.path} ({lava.found_by})" if lava.ok else lava.reason, "" if lava.ok else SETUP_HINT)]
+        if lava.ok:
+            worker = LavaWorker(lava.path, timeout_s=120)
+            try:
+                reply, _ = worker.request({"op": "ping"})
+                checks.append(Check("lava-loihi (Loihi 2 hardware back end)", reply["hardware"], "installed" if reply["hardware"] else "not installed: ?backend=lava runs lava's CPU simulation", "" if reply["hardware"] else "lava-loihi is distributed to Intel INRC members"))
+            except Exception as exc:  # a broken worker is a finding, not a crash
+                checks.append(Check("lava worker start", False, str(exc)[:500], SETUP_HINT))
+            finally:
+                worker.close()
+        return checks
+
+    # ---- capabilities
+    def _build_capabilities(self) -> Capabilities:
+        spec, chips = self.spec, self.options["chips"]
+        brief = f"datasheet:{INTEL_BRIEF}"
+        lava_src = f"datasheet:{LAVA_SOURCE}"
+        core = NeuroCoreLimits(
+            neurons=Figure.derived(spec.neurons_per_core, "neurons", "neurons_per_chip / neuro_cores_per_chip = 1048576 / 128"),
+            synaptic_memory_bytes=Figure.datasheet(spec.synaptic_memory_per_core_bytes, "B", INTEL_BRIEF),
+            synapses_at_weight_bits=Figure.derived(spec.synapses_per_core, "synapses", f"synaptic_memory_bytes * 8 / {spec.weight_bits}-bit weights"),
+        )
+        chip = ChipLimits(
+            neuro_cores=Figure.datasheet(spec.neuro_cores_per_chip, "cores", INTEL_BRIEF),
+            neurons=Figure.datasheet(spec.neurons_per_chip, "neurons", INTEL_BRIEF),
+            synapses=Figure.datasheet(spec.synapses_per_chip, "synapses", INTEL_BRIEF, "with compressed synapse formats; 8-bit dense weights fit fewer (see core)"),
+        )
+        system = ChipLimits(
+            neuro_cores=Figure.derived(chips * spec.neuro_cores_per_chip, "cores", f"chips * 128 = {chips} * 128"),
+            neurons=Figure.derived(chips * spec.neurons_per_chip, "neurons", f"chips * 1048576 = {chips} * 1048576"),
+            synapses=Figure.derived(chips * spec.synapses_per_chip, "synapses", f"chips * 120e6 = {chips} * 120e6"),
+        )
+        bits = lambda n, note="": Figure(n, "bits", lava_src, note)  # noqa: E731
+        formats = NumberFormats(
+            weight_bits=bits(8, "mixed-sign matrices spend one bit on the sign: -256..254 in steps of 2"),
+            weight_exponent_bits=bits(4, "signed, -8..7"),
+            current_bits=bits(24, "u wraps"),
+            voltage_bits=bits(24, "v saturates"),
+            threshold_mantissa_bits_unsigned=bits(17, "threshold = vth << 6"),
+            decay_bits_unsigned=bits(12, "du, dv over 4096"),
+            bias_mantissa_bits=bits(13),
+            bias_exponent_bits_unsigned=bits(3),
+            graded_spike_payload_bits=bits(24, "num_message_bits up to 24"),
+        )
+        lava = find_lava_python(self.options["python"])
+        backends = {
+            "engine": f"available (torch on {self.torch_device})",
+            "lava": f"available ({lava.path})" if lava.ok else f"unavailable: {lava.reason}",
+        }
+        section = NeuromorphicSection(chips, "CUBA leaky integrate-and-fire, fixed point (lava PyLifModelBitAcc)", core, chip, system, formats, backends)
+        tolerance = self._linear_error(self.options["steps"])
+        return Capabilities(
+            uri=str(self.uri),
+            kind=self.kind,
+            paradigm=Paradigm.SPIKING,
+            simulated=True,
+            identity={
+                "model": "Intel Loihi 2 (bit-accurate simulation)",
+                "backend": self.options["backend"],
+                "compute": str(self.torch_device),
+                "chips": str(chips),
+                "lava_python": lava.path or "absent",
+            },
+            ops={
+                "lif_layer": OpSupport(
+                    SPIKE_DTYPES,
+                    {d: 0.0 for d in SPIKE_DTYPES},
+                    {"max_fan_in": spec.synapses_per_core, "max_neurons": chips * spec.neurons_per_chip},
+                    "spikes (T, B, n_in) -> spikes (T, B, n_out) uint8; params weight (n_out, n_in), bias (n_out,) in Loihi integer units; "
+                    "attrs du, dv, vth, weight_exp, bias_exp, num_message_bits. Bit-exact with lava fixed_pt.",
+                ),
+                "linear": OpSupport(
+                    ("float32",),
+                    {"float32": tolerance},
+                    {"max_in_features": spec.synapses_per_core // 2},
+                    f"activation='relu' only, rate coded over ?steps= (here {self.options['steps']}) steps; tolerance = derived error model 1/(T r) + r/2 at r = min(0.25, sqrt(2/T)), times 2",
+                ),
+            },
+            deterministic=True,
+            memory_bytes=Figure.derived(chips * spec.neuro_cores_per_chip * spec.synaptic_memory_per_core_bytes, "B", "chips * 128 cores * 128 KiB synaptic memory"),
+            peak={"synaptic_ops_per_s_per_core": Figure.derived(1.0 / self.events.synaptic_op_s, "op/s", "1 / 3.5 ns per synaptic op (Davies et al. 2018)")},
+            energy={
+                "j_per_synaptic_op": Figure.paper(self.events.synaptic_op_j, "J", DAVIES_2018, "Loihi (14 nm); Loihi 2 per-op energy is not published"),
+                "j_per_neuron_update": Figure.paper(self.events.neuron_update_j, "J", DAVIES_2018, "active neuron update, Loihi (14 nm)"),
+            },
+            sections={"neuromorphic": section},
+            notes=[
+                "NaN/inf inputs are refused (spikes are integers).",
+                "linear(activation='none') is refused: spike rates cannot represent negative outputs.",
+                "Energy estimates use Loihi (first generation) per-event figures; after a call, Program.cost holds counted events.",
+            ],
+        )
+
+    @staticmethod
+    def _linear_error(steps: int) -> float:
+        rate = target_rate(steps)
+        return 2.0 * (1.0 / (steps * rate) + rate / 2.0)
+
+    # ---- support
+    def supports(self, op: OpSpec) -> Support:
+        # Device.supports ends in `self._check(op) or Support.yes()`, and a refusal is falsy, so it would turn
+        # this driver's refusals into yes: apply _check's verdict here.
+        base = super().supports(op)
+        if not base:
+            return base
+        verdict = self._check(op)
+        return verdict if verdict is not None else base
+
+    def _lif_shapes(self, op: OpSpec) -> tuple[int, int, int, int]:
+        """(T, B, n_in, n_out) of a lif_layer op, or ShapeError."""
+        if len(op.inputs) != 1 or len(op.inputs[0].shape) != 3:
+            raise ShapeError("lif_layer takes one input: spikes of shape (T, B, n_in)")
+        weight = op.param("weight")
+        if weight is None or len(weight.shape) != 2:
+            raise ShapeError("lif_layer needs a weight parameter of shape (n_out, n_in)")
+        steps, batch, n_in = op.inputs[0].shape
+        if n_in is not None and weight.shape[1] != n_in:
+            raise ShapeError(f"lif_layer: weight has {weight.shape[1]} inputs but the spikes have {n_in}")
+        bias = op.param("bias")
+        if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+            raise ShapeError(f"lif_layer: bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+        unknown = {k for k, _ in op.attrs} - set(LIF_LAYER_ATTRS)
+        if unknown:
+            raise InvalidInput(f"lif_layer has no attribute(s) {sorted(unknown)}; its attributes are {sorted(LIF_LAYER_ATTRS)}")
+        return steps, batch, weight.shape[1], weight.shape[0]
+
+    def _mapping(self, shapes: list[LayerShape]) -> Mapping:
+        return map_layers(shapes, self.spec, self.options["chips"])
+
+    def _check(self, op: OpSpec) -> Support | None:
+        try:
+            if op.name == "lif_layer":
+                _, _, n_in, n_out = self._lif_shapes(op)
+                self._mapping([LayerShape(n_out, n_in)])
+            elif op.name == "linear":
+                if op.attr("activation") != "relu":
+                    return Support.no(
+                        f"{self.uri} computes linear only with activation='relu': a spiking layer's output is a spike rate, which "
+                        "cannot be negative. Use activation='relu', or run the plain linear on a digital device"
+                    )
+                weight = op.param("weight")
+                if weight is not None:
+                    self._mapping([LayerShape(weight.shape[0], 2 * weight.shape[1])])
+        except (ShapeError, InvalidInput, CapacityExceeded) as exc:
+            return Support.no(str(exc))
+        return None
+
+    # ---- estimates
+    def _event_cost(self, synaptic_ops: float, neuron_updates: float, steps: int, mapping: Mapping, how: str) -> tuple[float, float, str]:
+        energy = synaptic_ops * self.events.synaptic_op_j + neuron_updates * self.events.neuron_update_j
+        busiest = max(p.neurons_per_core * (p.synapses / max(p.neurons, 1)) for p in mapping.layers)
+        per_step_ops = min(busiest, synaptic_ops / max(steps * len(mapping.layers), 1)) if synaptic_ops else 0.0
+        latency = steps * per_step_ops * self.events.synaptic_op_s
+        formula = (
+            f"energy = synaptic_ops ({how}: {synaptic_ops:.4g}) * 23.6 pJ + neuron_updates ({neuron_updates:.4g}) * 52 pJ "
+            f"(Davies et al. 2018); latency = steps * synaptic ops per step on the busiest core * 3.5 ns (neuron-update time not included)"
+        )
+        return latency, energy, formula
+
+    def estimate(self, op: OpSpec) -> Cost:
+        """Energy and latency from synaptic operations and neuron updates (assumed input activity until counted)."""
+        if op.name == "lif_layer":
+            steps, batch, n_in, n_out = self._lif_shapes(op)
+            steps, batch = steps or 1, batch or 1
+            mapping = self._mapping([LayerShape(n_out, n_in)])
+            synops = steps * batch * n_in * ASSUMED_INPUT_RATE * n_out
+            latency, energy, formula = self._event_cost(synops, steps * batch * n_out, steps, mapping, f"assumed input rate {ASSUMED_INPUT_RATE}")
+            return Cost(latency, energy, 0.0, formula + "; error 0: bit-exact with lava fixed_pt")
+        if op.name == "linear":
+            weight = op.param("weight")
+            n_out, n_in = weight.shape
+            x = op.inputs[0].shape
+            batch = math.prod(s or 1 for s in x[:-1])
+            steps = self.options["steps"]
+            mapping = self._mapping([LayerShape(n_out, 2 * n_in)])
+            synops = steps * batch * n_in * ASSUMED_INPUT_RATE * n_out
+            latency, energy, formula = self._event_cost(synops, steps * batch * n_out, steps, mapping, f"assumed input rate {ASSUMED_INPUT_RATE}")
+            rate = target_rate(steps)
+            return Cost(latency, energy, self._linear_error(steps) / 2.0, formula + f"; error = 1/(T r) + r/2 with T={steps}, r={rate:.3g} (count resolution + reset-to-zero loss)")
+        raise UnsupportedOp(f"{self.uri} has no estimate for {op.name}")
+
+    # ---- execution
+    def _execute(self, layers: list[LifLayer], spikes: torch.Tensor, network: LifNetwork | None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Run layers on spikes (T, B, n_in): (output spikes (T, B, n_out) bool, final v (B, n_out), synaptic ops, neuron updates)."""
+        if self.options["backend"] == "engine":
+            assert network is not None
+            result = network.run(spikes)
+            return result.spikes[-1], result.final_v[-1], result.synaptic_ops, result.neuron_updates
+        if self._worker is None:
+            self._worker = LavaWorker(self._lava_python)
+        outs, finals = [], []
+        for b in range(spikes.shape[1]):
+            header, arrays = network_request(layers, spikes[:, b].cpu().numpy(), record_state=True)
+            _, out = self._worker.request(header, arrays)
+            last = len(layers) - 1
+            outs.append(torch.from_numpy(out[f"spikes{last}"]).to(torch.bool))
+            finals.append(torch.from_numpy(out[f"v{last}"][-1]))
+        counted = LifNetwork(layers).run(spikes.cpu(), record_spikes=False)  # event counts for the energy figure
+        return torch.stack(outs, dim=1), torch.stack(finals), counted.synaptic_ops, counted.neuron_updates
+
+    def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
+        if op.name == "lif_layer":
+            return self._compile_lif(op, params)
+        return self._compile_linear(op, params)
+
+    def _integer_param(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point() and not bool((tensor == tensor.round()).all()):
+            raise InvalidInput(f"lif_layer {name} must hold Loihi integers (mantissas); quantise floats first, or use linear(activation='relu')")
+        return tensor.detach().to(torch.int64).cpu()
+
+    def _compile_lif(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
+        attrs = dict(LIF_LAYER_ATTRS, **dict(op.attrs))
+        weight = self._integer_param("weight", params["weight"])
+        bias = self._integer_param("bias", params["bias"]) if "bias" in params else None
+        n_out = weight.shape[0]
+        synapse = DenseSynapse(weight, int(attrs["weight_exp"]), int(attrs["num_message_bits"]))
+        hw = synapse.hardware
+        if self.options["strict"] and (hw.clipped or hw.truncated):
+            raise InvalidInput(
+                f"strict mode: {hw.clipped} weight(s) lie outside the 8-bit {hw.sign_mode.value} range and {hw.truncated} lose their "
+                "least significant bit on Loihi; rescale the weights (or drop ?strict=1 to accept and report it)"
+            )
+        lif = LifParams(n_out, int(attrs["du"]), int(attrs["dv"]), int(attrs["vth"]), bias, int(attrs["bias_exp"]))
+        layers = [LifLayer(synapse, lif)]
+        network = LifNetwork(layers, self.torch_device) if self.options["backend"] == "engine" else None
+        mapping = self._mapping([LayerShape(n_out, weight.shape[1])])
+        program: LoihiProgram
+
+        def run(spikes: torch.Tensor) -> torch.Tensor:
+            out, _, synops, updates = self._execute(layers, spikes, network)
+            latency, energy, formula = self._event_cost(synops, updates, spikes.shape[0], mapping, "counted")
+            program.cost = Cost(latency, energy, 0.0, formula)
+            program.report = {"synaptic_ops": synops, "neuron_updates": updates, "spikes": int(out.sum()), "weights_clipped": hw.clipped, "weights_truncated": hw.truncated}
+            return out.to(torch.uint8).to(spikes.device)
+
+        program = LoihiProgram(op, self, self.estimate(op), run)
+        program.report = {"weights_clipped": hw.clipped, "weights_truncated": hw.truncated}
+        return program
+
+    def _compile_linear(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
+        weight = params["weight"].detach().to(torch.float64).cpu()
+        bias = params["bias"].detach().to(torch.float64).cpu() if "bias" in params else torch.zeros(weight.shape[0], dtype=torch.float64)
+        steps = self.options["steps"]
+        signed = torch.cat([weight, -weight], dim=1)  # inputs: relu(x) trains, then relu(-x) trains
+        peak_w = float(signed.abs().max())
+        unit = peak_w / 254.0 if peak_w > 0 else 1.0
+        quantized = quantize_weights(signed, unit)
+        if self.options["strict"] and quantized.rel_error > 0.01:
+            raise InvalidInput(f"strict mode: 8-bit weight quantisation error {quantized.rel_error:.3g} exceeds 1%; rescale or drop ?strict=1")
+        mantissa = quantized.mantissa
+        weight_unit = unit * 2.0**quantized.weight_exp  # float value of mantissa 1 at weight_exp 0
+        n_out = weight.shape[0]
+        mapping = self._mapping([LayerShape(n_out, signed.shape[1])])
+        rate = target_rate(steps)
+        program: LoihiProgram
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            lead = x.shape[:-1]
+            flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float64).cpu()
+            scale = float(flat.abs().max())
+            scale = scale if scale > 0 else 1.0
+            pre = flat @ weight.t() + bias  # only the scale of the largest pre-activation is used (threshold balancing)
+            peak = float(pre.clamp(min=0).max())
+            if peak <= 0:
+                program.report = {"note": "no positive pre-activation: every neuron stays silent"}
+                return torch.zeros(*lead, n_out, dtype=x.dtype, device=x.device)
+            out_scale = peak / rate  # output value of one spike per step
+            # one input spike of value `scale` must move v by W * scale / out_scale thresholds
+            vth_ideal = out_scale / (weight_unit * scale)
+            exp = 0
+            while vth_ideal * 2.0**exp > VTH_RANGE[1] and exp > WEIGHT_EXP_RANGE[0]:
+                exp -= 1
+            while vth_ideal * 2.0 ** (exp + 1) <= VTH_RANGE[1] and exp < WEIGHT_EXP_RANGE[1]:
+                exp += 1
+            vth = max(1, min(VTH_RANGE[1], round(vth_ideal * 2.0**exp)))
+            threshold_v = vth << 6
+            # steps + 1 steps so that the one-step synaptic delay delivers every input step; bias over steps + 1
+            bias_q = quantize_bias(bias / out_scale * threshold_v * steps / (steps + 1))
+            layers = [LifLayer(DenseSynapse(mantissa, exp), LifParams(n_out, 4095, 0, vth, bias_q.mantissa, bias_q.exponent))]
+            network = LifNetwork(layers, self.torch_device) if self.options["backend"] == "engine" else None
+            phases = golden_phases((2 * flat.shape[1],))
+            trains = torch.cat([rate_encode(flat.clamp(min=0), steps, scale, phases[: flat.shape[1]]), rate_encode((-flat).clamp(min=0), steps, scale, phases[flat.shape[1] :])], dim=2)
+            trains = torch.cat([trains, torch.zeros_like(trains[:1])], dim=0).to(self.torch_device)
+            out, final_v, synops, updates = self._execute(layers, trains, network)
+            counts = out.sum(dim=0).to(torch.float64).cpu() + final_v.to(torch.float64).cpu() / threshold_v
+            y = (counts.clamp(min=0) * out_scale / steps).to(x.dtype)
+            latency, energy, formula = self._event_cost(synops, updates, steps + 1, mapping, "counted")
+            program.cost = Cost(latency, energy, self._linear_error(steps) / 2.0, formula)
+            program.report = {
+                "synaptic_ops": synops, "neuron_updates": updates, "spikes": int(out.sum()), "vth": vth, "weight_exp": exp,
+                "weight_quantisation_rel_error": quantized.rel_error, "bias_quantisation_rel_error": bias_q.rel_error, "bias_clipped": bias_q.clipped,
+            }
+            return y.reshape(*lead, n_out).to(x.device)
+
+        program = LoihiProgram(op, self, self.estimate(op), run)
+        program.report = {"weight_quantisation_rel_error": quantized.rel_error}
+        return program
+
+    # ---- lifecycle
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+        super().close()
+

@@ -1,0 +1,246 @@
+"""Tests of hal/drivers/loihi2: the engine's arithmetic, quantisation, mapper, driver ops, conversion, conformance.
+
+The comparisons against lava itself live in test_loihi2_lava.py (marked ``lava``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hal
+from hal.device import OpSpec
+from hal.drivers.loihi2.conversion import convert
+from hal.drivers.loihi2.engine import ConvSynapse, DenseSynapse, LifLayer, LifNetwork, LifParams
+from hal.drivers.loihi2.mapper import LayerShape, Loihi2Spec, map_layers
+from hal.drivers.loihi2.quantize import SignMode, hardware_weights, quantize_bias, quantize_weights
+from hal.errors import CapacityExceeded, InvalidInput, UnsupportedOp
+from hal.testing.conformance import DeviceConformance, Sample
+
+
+def reference_lif(weights: torch.Tensor, weight_exp: int, lif: LifParams, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A plain per-step integer transcription of the Loihi LIF equations (Python ints), for one sample."""
+    w = hardware_weights(weights).weights.tolist()
+    bias = lif.effective_bias().tolist()
+    n = lif.size
+    u, v = [0] * n, [0] * n
+    buffer = [0] * n
+    out_s, out_v = [], []
+
+    def trunc_decay(x: int, keep: int) -> int:
+        product = x * keep
+        return -((-product) >> 12) if product < 0 else product >> 12
+
+    for t in range(spikes.shape[0]):
+        a_in = buffer
+        s = [int(x != 0) for x in spikes[t].tolist()]
+        acc = [sum(w[i][j] * s[j] for j in range(len(s))) for i in range(n)]
+        buffer = [x << weight_exp if weight_exp >= 0 else x >> -weight_exp for x in acc]
+        fired = []
+        for i in range(n):
+            x = trunc_decay(u[i], 4096 - (lif.du + 1)) + (a_in[i] << 6)
+            u[i] = x - 2**24 if x > 2**23 else (x + 2**24 if x <= -(2**23) else x)
+            y = trunc_decay(v[i], 4096 - lif.dv) + u[i] + bias[i]
+            y = max(-(2**23) + 1, min(2**23 - 1, y))
+            spike = y > lif.threshold
+            v[i] = 0 if spike else y
+            fired.append(int(spike))
+        out_s.append(fired)
+        out_v.append(list(v))
+    return torch.tensor(out_s), torch.tensor(out_v)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_engine_matches_the_integer_equations(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n_in, n = 12, 7
+    weights = torch.randint(-300, 300, (n, n_in), generator=g)
+    lif = LifParams(n, du=int(torch.randint(0, 4096, (1,), generator=g)), dv=int(torch.randint(0, 4096, (1,), generator=g)),
+                    vth=int(torch.randint(1, 400, (1,), generator=g)), bias_mant=torch.randint(-300, 300, (n,), generator=g), bias_exp=2)
+    exp = int(torch.randint(-2, 4, (1,), generator=g))
+    spikes = (torch.rand(60, 2, n_in, generator=g) < 0.4).to(torch.uint8)
+    result = LifNetwork([LifLayer(DenseSynapse(weights, exp), lif)]).run(spikes, record_state=True)
+    for b in range(2):
+        ref_s, ref_v = reference_lif(weights, exp, lif, spikes[:, b])
+        assert torch.equal(result.spikes[0][:, b].long(), ref_s)
+        assert torch.equal(result.voltages[0][:, b], ref_v)
+
+
+def test_engine_batches_are_independent_and_match_single_runs() -> None:
+    g = torch.Generator().manual_seed(3)
+    layers = [LifLayer(DenseSynapse(torch.randint(-256, 256, (20, 30), generator=g), 1), LifParams(20, du=300, dv=100, vth=300)),
+              LifLayer(DenseSynapse(torch.randint(-256, 256, (5, 20), generator=g)), LifParams(5, du=4095, dv=0, vth=200))]
+    net = LifNetwork(layers)
+    spikes = (torch.rand(80, 4, 30, generator=g) < 0.3).to(torch.uint8)
+    batched = net.run(spikes, chunk_steps=17)
+    for b in range(4):
+        single = net.run(spikes[:, b : b + 1])
+        assert torch.equal(batched.spikes[1][:, b], single.spikes[1][:, 0])
+    assert batched.spike_total > 0 and batched.synaptic_ops > 0
+
+
+def test_conv_synapse_equals_its_dense_unrolling() -> None:
+    g = torch.Generator().manual_seed(4)
+    conv = ConvSynapse(torch.randint(-256, 256, (3, 2, 3, 3), generator=g), (2, 6, 6), padding=(1, 1), stride=(2, 1))
+    dense_w = torch.zeros(conv.n_out, conv.n_in, dtype=torch.int64)
+    for j in range(conv.n_in):
+        basis = torch.zeros(1, conv.n_in)
+        basis[0, j] = 1
+        col = torch.nn.functional.conv2d(basis.reshape(1, 2, 6, 6).double(), conv.hardware.weights.double(), stride=(2, 1), padding=(1, 1))
+        dense_w[:, j] = col.flatten().long()
+    lif = LifParams(conv.n_out, du=1000, dv=50, vth=500)
+    spikes = (torch.rand(50, 2, conv.n_in, generator=g) < 0.3).to(torch.uint8)
+    a = LifNetwork([LifLayer(conv, lif)]).run(spikes)
+    b = LifNetwork([LifLayer(DenseSynapse(dense_w), lif)]).run(spikes)
+    assert torch.equal(a.spikes[0], b.spikes[0])
+
+
+def test_graded_spikes_and_payload_limits() -> None:
+    g = torch.Generator().manual_seed(5)
+    layer = LifLayer(DenseSynapse(torch.randint(-256, 256, (6, 10), generator=g), 0, num_message_bits=8), LifParams(6, vth=1000))
+    net = LifNetwork([layer])
+    payload = torch.randint(-128, 128, (30, 1, 10), generator=g)
+    assert net.run(payload).spike_total >= 0
+    with pytest.raises(InvalidInput, match="message bits"):
+        net.run(payload * 4)
+    with pytest.raises(InvalidInput, match="integers"):
+        net.run(payload.float() + 0.5)
+
+
+def test_hardware_weights_follow_the_sign_modes() -> None:
+    mixed = hardware_weights(torch.tensor([[-300, -3, 3, 300]]))
+    assert mixed.sign_mode is SignMode.MIXED
+    assert mixed.weights.tolist() == [[-256, -4, 2, 254]]
+    assert mixed.clipped == 2 and mixed.truncated == 3
+    excit = hardware_weights(torch.tensor([[0, 3, 255, 400]]))
+    assert excit.weights.tolist() == [[0, 3, 255, 255]] and excit.clipped == 1
+    inhib = hardware_weights(torch.tensor([[0, -3, -400]]))
+    assert inhib.weights.tolist() == [[0, -3, -255]]
+
+
+def test_quantisation_reports_its_error() -> None:
+    w = torch.randn(16, 16, generator=torch.Generator().manual_seed(6))
+    q = quantize_weights(w, float(w.abs().max()) / 254)
+    assert 0 < q.rel_error < 0.02 and q.weight_exp == 0
+    assert torch.equal(hardware_weights(q.mantissa).weights, q.mantissa)  # already a valid hardware pattern
+    with pytest.raises(InvalidInput, match="strict"):
+        quantize_weights(w, float(w.abs().max()), max_rel_error=0.01)
+    b = quantize_bias(torch.tensor([1.0e5, -3.0, 0.0]))
+    assert b.exponent > 0 and b.rel_error < 1e-3
+
+
+def test_parameter_ranges_are_refused_with_the_range() -> None:
+    with pytest.raises(InvalidInput, match="0..4095"):
+        LifParams(3, du=5000)
+    with pytest.raises(InvalidInput, match="13-bit"):
+        LifParams(2, bias_mant=torch.tensor([5000, 0]))
+
+
+def test_mapper_places_layers_and_names_the_limit() -> None:
+    spec = Loihi2Spec()
+    placed = map_layers([LayerShape(10_000, 1000), LayerShape(10, 10_000)], spec, chips=1)
+    assert placed.layers[0].neurons_per_core <= spec.synapses_per_core // 1000
+    assert placed.cores == sum(p.cores for p in placed.layers)
+    with pytest.raises(CapacityExceeded, match="neuro cores") as caught:
+        map_layers([LayerShape(1_000_000, 1000)], spec, chips=1)
+    assert caught.value.needed > caught.value.available
+    assert map_layers([LayerShape(1_000_000, 1000)], spec, chips=64).chips <= 64
+    with pytest.raises(CapacityExceeded, match="synaptic memory"):
+        map_layers([LayerShape(1, 200_000)], spec, chips=1)
+
+
+def test_lif_layer_op_counts_events_and_costs_them() -> None:
+    device = hal.device("loihi2:0")
+    spikes = (torch.rand(40, 2, 16) < 0.3).to(torch.uint8)
+    weight = torch.randint(-100, 100, (8, 16))
+    program = device.prepare(OpSpec("lif_layer", [spikes], {"weight": weight}, {"vth": 50, "du": 100}), {"weight": weight})
+    out = program(spikes)
+    assert out.shape == (40, 2, 8) and out.dtype == torch.uint8
+    stored = hardware_weights(weight).weights  # what the core stores: mixed-sign weights lose their LSB
+    expected_synops = int((spikes != 0).sum(dim=(0, 1)).double() @ (stored != 0).sum(0).double())
+    assert program.report["synaptic_ops"] == expected_synops
+    assert program.cost.energy_j == pytest.approx(expected_synops * 23.6e-12 + 40 * 2 * 8 * 52e-12)
+    assert "counted" in program.cost.formula
+
+
+def test_lif_layer_strict_mode_refuses_clipped_weights() -> None:
+    device = hal.device("loihi2:0?strict=1")
+    spikes = torch.zeros(5, 1, 4, dtype=torch.uint8)
+    weight = torch.tensor([[300, 0, 0, 0]])
+    with pytest.raises(InvalidInput, match="8-bit"):
+        device.prepare(OpSpec("lif_layer", [spikes], {"weight": weight}), {"weight": weight})
+
+
+def test_linear_relu_is_rate_coded_and_none_is_refused() -> None:
+    device = hal.device("loihi2:0?steps=512")
+    g = torch.Generator().manual_seed(7)
+    x, w, b = torch.randn(6, 20, generator=g), torch.randn(10, 20, generator=g) / 4, torch.randn(10, generator=g) / 2
+    y = device.linear(x, w, b, activation="relu")
+    ref = torch.relu(x @ w.t() + b)
+    assert float((y - ref).norm() / ref.norm()) < device.capabilities.ops["linear"].tolerance["float32"]
+    support = device.supports(OpSpec("linear", [x], {"weight": w, "bias": b}))
+    assert not support and "relu" in support.reason
+    with pytest.raises(UnsupportedOp):
+        device.linear(x, w, b)
+    with pytest.raises(InvalidInput, match="NaN"):
+        device.linear(torch.full((2, 20), float("nan")), w, b, activation="relu")
+
+
+def test_capacity_is_checked_at_prepare() -> None:
+    device = hal.device("loihi2:0")
+    spikes = torch.zeros(2, 1, 200_000, dtype=torch.uint8)
+    weight = torch.zeros(1, 200_000)
+    support = device.supports(OpSpec("lif_layer", [spikes], {"weight": weight}))
+    assert not support and "synaptic memory" in support.reason
+
+
+def test_lava_backend_is_unavailable_with_a_reason_when_no_interpreter(monkeypatch, tmp_path) -> None:
+    from hal.drivers.loihi2 import lava_client
+
+    monkeypatch.setattr(lava_client, "_cache", {})
+    monkeypatch.setattr(lava_client, "_candidates", lambda option: [(option, "the ?python= option")] if option else [])
+    missing = tmp_path / "python3.10"
+    with pytest.raises(hal.DeviceUnavailable, match="Python 3.10") as caught:
+        hal.device(f"loihi2:0?backend=lava&python={missing}")
+    assert "setup_lava.sh" in caught.value.fix
+    assert hal.device("loihi2:0").linear(torch.ones(1, 2), torch.ones(1, 2), activation="relu").shape == (1, 1)
+
+
+def test_conversion_names_layers_it_cannot_convert() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 2), nn.Sigmoid())
+    with pytest.raises(InvalidInput, match=r"layer 2 \(BatchNorm1d\).*layer 4 \(Sigmoid\)"):
+        convert(model, torch.rand(8, 4))
+
+
+def test_conversion_of_a_small_mlp_keeps_its_accuracy() -> None:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32) / 16
+    y = torch.tensor(y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:1200]), y[:1200]).backward()
+        opt.step()
+    test_x, test_y = x[1200:1500], y[1200:1500]
+    ann = float((model(test_x).argmax(1) == test_y).float().mean())
+    snn = convert(model, x[:300], steps=128)
+    acc = float((snn(test_x).argmax(1) == test_y).float().mean())
+    assert ann > 0.9
+    assert acc >= ann - 0.03, f"SNN {acc:.3f} vs ANN {ann:.3f}"
+    assert snn.last_run.synaptic_ops > 0
+
+
+class TestConformance(DeviceConformance):
+    uri = "loihi2:0"
+
+    def sample(self, op_name: str, dtype: torch.dtype, generator: torch.Generator) -> Sample:
+        if op_name == "linear":
+            x = torch.randn(4, 16, generator=generator, dtype=torch.float64).to(dtype)
+            w = (torch.randn(8, 16, generator=generator, dtype=torch.float64) / 4).to(dtype)
+            return Sample([x], {"weight": w, "bias": torch.randn(8, generator=generator, dtype=torch.float64).to(dtype)}, {"activation": "relu"})
+        return super().sample(op_name, dtype, generator)
