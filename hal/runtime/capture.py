@@ -61,6 +61,7 @@ class Node:
     source: str
     host_fn: Callable[..., Any] | None = None
     fused: tuple[str, ...] = ()
+    host_op: str = ""
 
     @property
     def is_host_only(self) -> bool:
@@ -70,7 +71,7 @@ class Node:
     def label(self) -> str:
         """Short op text: ``linear+relu``, ``softmax``, or ``host:<what>`` for a host step."""
         if self.op is None:
-            return "host:" + self.source.split(" (")[-1].rstrip(")").split(".")[-1]
+            return f"host:{self.host_op}"
         if self.op.name == "linear" and self.op.attr("activation") == "relu":
             return "linear+relu"
         return self.op.name
@@ -378,7 +379,8 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf
             continue
         refs: list[fx.Node] = []
         fx.node.map_arg((n.args, n.kwargs), lambda r: refs.append(r) if r not in refs else None)
-        nodes.append(Node(name, None, tuple(names[r] for r in refs), {}, out, _describe(gm, n), host_fn=_host_function(gm, n, refs)))
+        host_op = type(gm.get_submodule(n.target)).__name__ if n.op == "call_module" else n.target if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
+        nodes.append(Node(name, None, tuple(names[r] for r in refs), {}, out, _describe(gm, n), host_fn=_host_function(gm, n, refs), host_op=host_op))
 
     assert output_node is not None
     out_refs: list[fx.Node] = []

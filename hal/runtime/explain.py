@@ -8,6 +8,7 @@ its device is free) with estimated latencies, or with measured times when a prof
 from __future__ import annotations
 
 import io
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -86,10 +87,14 @@ def plan_table(plan: Plan) -> Table:
 
 def _notes(plan: Plan) -> list[str]:
     notes = list(plan.notes) + list(plan.placement.notes)
-    host = plan.placement.fallback_reasons
-    if host:
-        shown = "; ".join(f"{k}: {v}" for k, v in list(host.items())[:3])
-        notes.append(f"{len(host)} node(s) on the CPU reference ({shown}{' ...' if len(host) > 3 else ''})")
+    steps = Counter(n.host_op for n in plan.graph.nodes if n.op is None)
+    if steps:
+        listed = ", ".join(f"{name} x{count}" for name, count in steps.most_common())
+        notes.append(f"{sum(steps.values())} host step(s) with no vocabulary op run on the CPU reference: {listed}")
+    by_name = {n.name: n for n in plan.graph.nodes}
+    for name, reason in plan.placement.fallback_reasons.items():
+        if by_name[name].op is not None:
+            notes.append(f"{name}: {reason}")
     return notes
 
 
