@@ -226,7 +226,7 @@ def test_ir_drop_attenuates_outputs_more_on_longer_lines():
     config = CrossbarConfig(effects=NonIdealities(*(False,) * 4, True, False, False, False))
     assert config.effects.ir_drop and not config.effects.drift_compensation
     crossbar = Crossbar(torch.ones(1, 256, 256), config, seed=0)
-    gain = crossbar.state(0.0).g_diff[0]  # effective (G+ - G-) / g_max of each device, 1 without IR drop
+    gain = crossbar.state(0.0).g_read[0]  # (G+ - G-) / g_max of each device (no DAC/ADC scaling here): 1 without IR drop
     assert (gain < 1).all() and (gain > 0.3).all()  # worst case: every device at g_max
     assert gain[0, 0] < gain[255, 0]  # row 0 is furthest from the bit line's sense amplifier
     assert gain[255, 255] < gain[255, 0]  # column 255 is furthest from the word line's driver

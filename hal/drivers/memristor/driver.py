@@ -408,8 +408,8 @@ class MemristorDevice(Device):
         self.programming_totals = _add_reports(self.programming_totals, crossbar.report)
         return crossbar
 
-    def _read(self, program: MemristorProgram, crossbar: Crossbar, x: torch.Tensor) -> torch.Tensor:
-        out, counters = crossbar.read(x, program.age_s, self._generator)
+    def _read(self, program: MemristorProgram, crossbar: Crossbar, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        out, counters = crossbar.read(x, program.age_s, self._generator, bias)
         program.stats.add(counters)
         self.counters.add(counters)
         return out
@@ -439,11 +439,9 @@ class MemristorDevice(Device):
 
         def run(x: torch.Tensor) -> torch.Tensor:
             flat = x.to(self.torch_device).reshape(1, -1, grid.inputs)
-            y = self._read(program, holder["crossbar"], flat)[0]
-            if bias_c is not None:
-                y = y + bias_c
+            y = self._read(program, holder["crossbar"], flat, bias_c)[0]
             if relu:
-                y = torch.relu(y)
+                y = y.relu_()
             return y.reshape(*x.shape[:-1], grid.outputs).to(x.device, x.dtype)
 
         program = self._new_program(op, grid, run)

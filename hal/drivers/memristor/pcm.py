@@ -24,10 +24,10 @@ def programming_sigma_us(g_target_us: torch.Tensor, g_max_us: float, pcm: PcmSta
     return (c0 + c1 * x + c2 * x * x) * (g_max_us / pcm.programming_reference_g_max_us)
 
 
-def program_attempt(g_target_us: torch.Tensor, g_max_us: float, pcm: PcmStatistics, generator: torch.Generator) -> torch.Tensor:
-    """One programming attempt: the target plus Gaussian noise of ``programming_sigma_us``, never negative."""
-    sigma = programming_sigma_us(g_target_us, g_max_us, pcm)
-    return (g_target_us + sigma * _normal(g_target_us, generator)).clamp_(min=0.0)
+def program_attempt(g_target_us: torch.Tensor, sigma_us: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One programming attempt: the target plus Gaussian noise of std ``sigma_us`` (from ``programming_sigma_us``),
+    never negative."""
+    return (g_target_us + sigma_us * _normal(g_target_us, generator)).clamp_(min=0.0)
 
 
 def drift_exponents(g_target_us: torch.Tensor, g_max_us: float, pcm: PcmStatistics, generator: torch.Generator) -> torch.Tensor:

@@ -56,12 +56,16 @@ class TileGrid:
 
 @dataclass
 class _State:
-    """Conductances as seen at one read time: differential weights per tile and the compensation factor."""
+    """Conductances as seen at one read time, folded into what one read needs.
+
+    ``g_read`` = (G+ - G-) / g_max / ADC step * DAC step: DAC codes times ``g_read`` are currents in ADC LSBs.
+    ``digital_scale`` = ADC step * per-column weight scale * drift compensation * pair gain, per tile column.
+    """
 
     age_s: float
-    g_diff: torch.Tensor  # (P*R, rows, C*cols), (G+ - G-) / g_max after drift, noise, faults, IR drop
+    g_read: torch.Tensor  # (P*R, rows, C*cols)
     g_sum_rows: torch.Tensor  # (P, R*rows): sum over a row's devices of G+ + G- (siemens), for read energy
-    compensation: torch.Tensor  # (P*R, 1, C*cols) per-tile factor
+    digital_scale: torch.Tensor  # (P*R, 1, C*cols)
 
 
 def state_generator(device: torch.device, seed: int, age_s: float) -> torch.Generator:
@@ -124,22 +128,25 @@ class Crossbar:
         tile, energy = cfg.tile, cfg.energy
         used = self.used.expand_as(self.g_target)
         n_used = int(used.sum())
+        healthy = used if self.stuck is None else used & (self.stuck == 0)  # the mapping knows the stuck ones
         if not cfg.effects.programming_noise:
             g = self.g_target.clone()
             pulses, reads = n_used, 0
         else:
-            g = self._pin_stuck(pcm.program_attempt(self.g_target, tile.g_max_us, cfg.pcm, generator))
+            sigma = pcm.programming_sigma_us(self.g_target, tile.g_max_us, cfg.pcm)
+            g = self._pin_stuck(pcm.program_attempt(self.g_target, sigma, generator))
             pulses, reads = n_used, 0
-            verify_time = energy.program_pulse_time_s
             for _ in range(tile.write_verify_iterations):
-                noise = pcm.read_noise_sigma_after(g, tile.g_max_us, verify_time, cfg.pcm) if cfg.effects.read_noise else torch.zeros_like(g)
-                read = g + g.abs() * noise * torch.randn(g.shape, generator=generator, device=g.device)
-                off = used & ((read - self.g_target).abs() > tile.write_verify_tolerance_us)
+                read = g
+                if cfg.effects.read_noise:
+                    noise = pcm.read_noise_sigma_after(g, tile.g_max_us, energy.program_pulse_time_s, cfg.pcm)
+                    read = g + g.abs() * noise * torch.randn(g.shape, generator=generator, device=g.device)
+                off = healthy & ((read - self.g_target).abs() > tile.write_verify_tolerance_us)
                 reads += n_used
                 count = int(off.sum())
                 if count == 0:
                     break
-                g = self._pin_stuck(torch.where(off, pcm.program_attempt(self.g_target, tile.g_max_us, cfg.pcm, generator), g))
+                g = torch.where(off, pcm.program_attempt(self.g_target, sigma, generator), g)
                 pulses += count
         g = torch.where(used, g, self.g_target)  # padding devices stay in their RESET state, never pulsed
         error = (g - self.g_target)[used]
@@ -215,8 +222,19 @@ class Crossbar:
         g_diff = (g[0] - g[1]) / tile.g_max_us
         g_sum_rows = (g[0] + g[1]).sum(dim=-1).view(self.grid.stack, -1) * SIEMENS_PER_US
         compensation = self._compensation(g_diff, generator) if effects.drift_compensation else torch.ones_like(self.column_scale)
-        self._state = _State(age_s, g_diff, g_sum_rows, compensation)
+        adc_step = self._adc_step()
+        digital_scale = self.column_scale * compensation * (adc_step * tile.g_max_us / (tile.g_max_us - tile.g_min_us))
+        self._state = _State(age_s, g_diff * (self._dac_step() / adc_step), g_sum_rows, digital_scale)
         return self._state
+
+    def _dac_step(self) -> float:
+        """Input value of one DAC code (1 without quantization: codes are then the scaled inputs)."""
+        return 1.0 / self.config.tile.dac_steps if self.config.effects.quantization else 1.0
+
+    def _adc_step(self) -> float:
+        """Current (units of v_read g_max) of one ADC LSB (1 without quantization)."""
+        tile = self.config.tile
+        return tile.adc_full_scale / tile.adc_steps if self.config.effects.quantization else 1.0
 
     def _ir_drop_factor(self, g_us: torch.Tensor) -> torch.Tensor:
         """First-order IR drop: each device's effective conductance is reduced by the voltage lost on the lines.
@@ -259,8 +277,9 @@ class Crossbar:
         signs = torch.randint(0, 2, (g_diff.shape[0], COMPENSATION_VECTORS, g_diff.shape[1]), generator=generator, device=self.device)
         reference = (signs.to(g_diff.dtype) * 2 - 1) * used_rows
         target = (self.g_target[0] - self.g_target[1]) / tile.g_max_us
-        measured = self._convert(torch.bmm(reference, g_diff), generator)[0]
-        expected = torch.bmm(reference, target)
+        adc_step = self._adc_step()
+        measured = self._convert(torch.bmm(reference, g_diff / adc_step), generator)[0]
+        expected = torch.bmm(reference, target / adc_step)
         shape = (g_diff.shape[0], COMPENSATION_VECTORS, self.grid.col_blocks, cols)
         measured_mean = (measured.view(shape).abs() * used_cols).sum(dim=(1, 3))
         expected_mean = (expected.view(shape).abs() * used_cols).sum(dim=(1, 3))
@@ -269,53 +288,57 @@ class Crossbar:
 
     # ------------------------------------------------------------------ reading
     def _convert(self, currents: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        """Output noise, ADC saturation (counted) and rounding, in place on ``currents``."""
+        """Output noise, ADC saturation (counted) and rounding, in place on ``currents`` given in ADC LSBs."""
         tile, effects = self.config.tile, self.config.effects
+        step = self._adc_step()
         if effects.output_noise and tile.output_noise > 0:
-            currents.add_(torch.empty_like(currents).normal_(0.0, tile.output_noise, generator=generator))
-        full_scale = tile.adc_full_scale
+            currents = torch.normal(currents, tile.output_noise / step, generator=generator)
+        full_scale = tile.adc_full_scale / step
         low, high = torch.aminmax(currents)
         saturated = 0
         if float(high) > full_scale or float(low) < -full_scale:  # count only when something saturates
             saturated = int(torch.count_nonzero(currents.abs() > full_scale))
             currents.clamp_(-full_scale, full_scale)
         if effects.quantization:
-            step = full_scale / tile.adc_steps
-            currents.div_(step).round_().mul_(step)
+            currents.round_()
         return currents, saturated
 
-    def read(self, x: torch.Tensor, age_s: float, generator: torch.Generator) -> tuple[torch.Tensor, ReadCounters]:
-        """Apply the stacked matrices to ``x`` (P, B, K): returns (P, B, N) and this read's counters."""
+    def read(self, x: torch.Tensor, age_s: float, generator: torch.Generator, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, ReadCounters]:
+        """Apply the stacked matrices to ``x`` (P, B, K) and add ``bias`` (N,) digitally: returns (P, B, N) and
+        this read's counters."""
         cfg, grid = self.config, self.grid
-        tile, effects, energy = cfg.tile, cfg.effects, cfg.energy
+        tile = cfg.tile
         state = self.state(age_s)
         P, B, R, C = grid.stack, x.shape[1], grid.row_blocks, grid.col_blocks
         x = x.to(torch.float32)
         clipped = 0
         if tile.input_range > 0:
             input_scale = torch.full((P, B, 1), tile.input_range, device=x.device)
-            clipped = int((x.abs() > tile.input_range).sum())
-            xn = (x / tile.input_range).clamp(-1.0, 1.0)
+            clipped = int(torch.count_nonzero(x.abs() > tile.input_range))
+            codes = (x * (1.0 / (tile.input_range * self._dac_step()))).clamp_(-1.0 / self._dac_step(), 1.0 / self._dac_step())
         else:
             low, high = torch.aminmax(x, dim=-1, keepdim=True)
             input_scale = torch.maximum(high, -low)
-            xn = x / torch.where(input_scale > 0, input_scale, torch.ones_like(input_scale))
-        if effects.quantization:
-            xn = torch.round(xn * tile.dac_steps) / tile.dac_steps
-        padded = torch.nn.functional.pad(xn, (0, R * grid.rows - grid.inputs))
+            input_scale = torch.where(input_scale > 0, input_scale, torch.ones_like(input_scale))
+            codes = x * (1.0 / self._dac_step() / input_scale)
+        if cfg.effects.quantization:
+            codes.round_()
+        padded = torch.nn.functional.pad(codes, (0, R * grid.rows - grid.inputs)) if R * grid.rows != grid.inputs else codes
         words = padded.view(P, B, R, grid.rows).transpose(1, 2).reshape(P * R, B, grid.rows)
-        currents = torch.bmm(words, state.g_diff)  # (P*R, B, C*cols): the analog MVM of every tile at once
+        currents = torch.bmm(words, state.g_read)  # (P*R, B, C*cols) in ADC LSBs: every tile's analog MVM at once
         currents, saturated = self._convert(currents, generator)
-        currents.mul_(self.column_scale * state.compensation * (tile.g_max_us / (tile.g_max_us - tile.g_min_us)))
-        out = currents.view(P, R, B, C * grid.cols).sum(dim=1)[:, :, : grid.outputs] * input_scale
-        counters = self._counters(xn, state, B, clipped, saturated)
+        currents.mul_(state.digital_scale)
+        summed = currents.view(P, R, B, C * grid.cols).sum(dim=1) if R > 1 else currents.view(P, B, C * grid.cols)
+        summed = summed[:, :, : grid.outputs]
+        out = torch.addcmul(bias, summed, input_scale) if bias is not None else summed * input_scale
+        counters = self._counters(codes, state, B, clipped, saturated)
         return out, counters
 
-    def _counters(self, xn: torch.Tensor, state: _State, batch: int, clipped: int, saturated: int) -> ReadCounters:
+    def _counters(self, codes: torch.Tensor, state: _State, batch: int, clipped: int, saturated: int) -> ReadCounters:
         grid = self.grid
-        duty = xn.abs().sum(dim=1)  # (P, K): sum over the batch of each word line's PWM pulse fraction
-        padded_duty = torch.nn.functional.pad(duty, (0, grid.row_blocks * grid.rows - grid.inputs))
-        duty_conductance_s = float((padded_duty * state.g_sum_rows).sum())
+        # sum over vectors and word lines of PWM pulse fraction x the line's conductance (siemens)
+        g_rows = state.g_sum_rows[:, : grid.inputs].unsqueeze(-1)  # (P, K, 1)
+        duty_conductance_s = float(torch.bmm(codes.abs(), g_rows).sum()) * self._dac_step()
         return read_counters(self.config, grid.stack, batch, grid.inputs, grid.outputs, grid.row_blocks, grid.col_blocks, duty_conductance_s, clipped, saturated)
 
 
