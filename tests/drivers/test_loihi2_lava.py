@@ -1,0 +1,107 @@
+"""Bit-exactness of hal's Loihi 2 engine against lava-nc's ``Loihi2SimCfg(select_tag="fixed_pt")``, run in its
+Python 3.10 worker: random networks (sizes, decays, thresholds, biases, weight exponents, graded spikes, conv),
+identical spike trains, currents and voltages at every step. Skipped with the reason when no lava environment.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hal
+from hal.device import OpSpec
+from hal.drivers.loihi2.engine import ConvSynapse, DenseSynapse, LifLayer, LifNetwork, LifParams
+from hal.drivers.loihi2.lava_client import LavaWorker, find_lava_python, network_request
+from hal.errors import DeviceFailure
+
+pytestmark = pytest.mark.lava
+
+LAVA = find_lava_python()
+
+
+@pytest.fixture(scope="module")
+def worker():
+    if not LAVA.ok:
+        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+    w = LavaWorker(LAVA.path, timeout_s=120)
+    yield w
+    w.close()
+
+
+def assert_bit_exact(worker: LavaWorker, layers: list[LifLayer], spikes: torch.Tensor) -> None:
+    engine = LifNetwork(layers).run(spikes.unsqueeze(1), record_state=True)
+    header, arrays = network_request(layers, spikes.numpy(), record_state=True)
+    _, lava = worker.request(header, arrays)
+    for i in range(len(layers)):
+        for name, mine in (("spikes", engine.spikes[i].long()), ("v", engine.voltages[i]), ("u", engine.currents[i])):
+            theirs = torch.from_numpy(lava[f"{name}{i}"])
+            differ = (mine[:, 0] != theirs).nonzero()
+            assert differ.numel() == 0, f"layer {i} {name} differs first at (step, neuron) {differ[0].tolist()}: engine {mine[:, 0][tuple(differ[0])]}, lava {theirs[tuple(differ[0])]}"
+    assert engine.spike_total > 0
+
+
+def random_dense_network(g: torch.Generator, n_in: int, sizes: list[int]) -> list[LifLayer]:
+    layers, previous = [], n_in
+    for n in sizes:
+        def pick(lo: int, hi: int) -> int:
+            return int(torch.randint(lo, hi, (1,), generator=g))
+        weights = torch.randint(-300, 300, (n, previous), generator=g)
+        lif = LifParams(n, du=pick(0, 4096), dv=pick(0, 4096), vth=pick(1, 400),
+                        bias_mant=torch.randint(-500, 500, (n,), generator=g), bias_exp=pick(0, 5))
+        layers.append(LifLayer(DenseSynapse(weights, pick(-3, 4)), lif))
+        previous = n
+    return layers
+
+
+@pytest.mark.parametrize("seed,n_in,sizes", [(0, 30, [40, 20]), (1, 100, [100]), (2, 8, [50, 30, 10])])
+def test_random_dense_networks_match_lava(worker, seed, n_in, sizes) -> None:
+    g = torch.Generator().manual_seed(seed)
+    layers = random_dense_network(g, n_in, sizes)
+    spikes = (torch.rand(200, n_in, generator=g) < 0.3).to(torch.int64)
+    assert_bit_exact(worker, layers, spikes)
+
+
+def test_wraps_and_saturation_match_lava(worker) -> None:
+    g = torch.Generator().manual_seed(10)
+    wrap = LifLayer(DenseSynapse(torch.randint(0, 256, (20, 50), generator=g), 3), LifParams(20, du=0, dv=10, vth=131071))
+    saturate = LifLayer(DenseSynapse(-torch.randint(0, 256, (10, 20), generator=g), 2),
+                        LifParams(10, du=100, dv=0, vth=1000, bias_mant=torch.full((10,), -4096), bias_exp=7))
+    assert_bit_exact(worker, [wrap, saturate], (torch.rand(150, 50, generator=g) < 0.5).to(torch.int64))
+    overflow = LifLayer(DenseSynapse(torch.randint(200, 256, (10, 1000), generator=g), 7),
+                        LifParams(10, du=0, dv=0, vth=131071, bias_mant=torch.full((10,), 4095), bias_exp=7))
+    assert_bit_exact(worker, [overflow], (torch.rand(60, 1000, generator=g) < 0.9).to(torch.int64))
+
+
+def test_graded_spikes_and_clipped_weights_match_lava(worker) -> None:
+    g = torch.Generator().manual_seed(11)
+    graded = LifLayer(DenseSynapse(torch.randint(-600, 600, (20, 50), generator=g), -1, num_message_bits=8), LifParams(20, du=3000, dv=200, vth=2000))
+    binary = LifLayer(DenseSynapse(torch.randint(-50, 256, (10, 20), generator=g), 1), LifParams(10, du=4095, dv=0, vth=300))
+    assert_bit_exact(worker, [graded, binary], torch.randint(-128, 128, (150, 50), generator=g))
+
+
+def test_conv_networks_match_lava(worker) -> None:
+    g = torch.Generator().manual_seed(12)
+    conv = ConvSynapse(torch.randint(-256, 256, (3, 2, 2, 3), generator=g), (2, 7, 6), stride=(2, 1), padding=(0, 1), dilation=(1, 2))
+    layers = [LifLayer(conv, LifParams(conv.n_out, du=4095, dv=0, vth=300, bias_mant=torch.randint(-100, 100, (conv.n_out,), generator=g))),
+              LifLayer(DenseSynapse(torch.randint(-256, 256, (8, conv.n_out), generator=g)), LifParams(8, du=500, dv=50, vth=200))]
+    assert_bit_exact(worker, layers, (torch.rand(150, conv.n_in, generator=g) < 0.3).to(torch.int64))
+
+
+def test_lava_backend_gives_the_engine_result() -> None:
+    if not LAVA.ok:
+        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+    spikes = (torch.rand(50, 2, 12, generator=torch.Generator().manual_seed(13)) < 0.4).to(torch.uint8)
+    weight = torch.randint(-200, 200, (6, 12), generator=torch.Generator().manual_seed(14))
+    op = OpSpec("lif_layer", [spikes], {"weight": weight}, {"vth": 80, "du": 1000, "dv": 100})
+    lava = hal.device("loihi2:0?backend=lava").prepare(op, {"weight": weight})(spikes)
+    engine = hal.device("loihi2:0").prepare(op, {"weight": weight})(spikes)
+    assert torch.equal(lava, engine)
+
+
+def test_a_dead_worker_is_reported_with_its_stderr_and_restarted(worker) -> None:
+    with pytest.raises(DeviceFailure, match="lava refused"):
+        worker.request({"op": "no_such_op"})
+    worker.kill()
+    reply, _ = worker.request({"op": "ping"})  # restarted on demand
+    assert reply["lava"].startswith("0.10")
+    assert worker.restarts >= 1
