@@ -45,8 +45,10 @@ def test_adc_clips_and_counts_and_quantises():
     fields = torch.tensor([[0.1 + 0j, 2.0 + 0j, -3.0 + 0j]], dtype=torch.complex128)
     out = receiver.detect(fields, torch.zeros(1, dtype=torch.float64), torch.ones(3, dtype=torch.float64), None)
     assert out.clipped == 2
-    levels = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0], dtype=torch.float64)
-    assert all(torch.isclose(levels, v).any() for v in out.values.flatten())
+    assert out.values.tolist() == [[0.0, 1.0, -1.0]]  # 2-bit signed mid-tread ADC: levels -1, 0, 1
+    fine = Receiver(replace(DetectorConfig(), adc_bits=8), noise_on=False)
+    zero = fine.detect(torch.zeros(1, 3, dtype=torch.complex128), torch.zeros(1, dtype=torch.float64), torch.ones(3, dtype=torch.float64), None)
+    assert zero.values.abs().max() == 0.0  # zero is a level: no offset for a dark output
 
 
 def test_unknown_detection_is_refused():

@@ -101,7 +101,7 @@ class PhotonicDevice(Device):
 
     kind = "photonic"
     refuses_nonfinite = True
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Option]] = {
         "N": Option(_ports, 64, "the mesh size in ports (2..512)"),
         "mesh": Option(choice({"clements": "clements", "reck": "reck"}), "clements", "the mesh layout: clements (rectangular) or reck (triangular)"),
         "detection": Option(choice({"coherent": "coherent", "intensity": "intensity"}), "coherent", "coherent (signed amplitudes) or intensity (|E|^2) detection"),

@@ -99,12 +99,17 @@ class Receiver:
         return self._digitise(reading, low, full_scale)
 
     def _digitise(self, reading: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> Detection:
-        """ADC: clip to [low, high] (counting clipped readings), then round to 2^bits levels."""
+        """ADC: clip to [low, high] (counting clipped readings), then round to the nearest level.
+
+        Mid-tread quantiser (zero is a level): a signed reading has 2^(bits-1) - 1 steps each side of
+        zero, an intensity reading 2^bits - 1 steps above it.
+        """
         outside = (reading < low) | (reading > high)
         clipped = int(outside.sum())
         reading = torch.minimum(torch.maximum(reading, low), high)
         bits = self.config.adc_bits
         if bits is not None:
-            step = (high - low) / (2**bits - 1)
-            reading = low + torch.round((reading - low) / step) * step
+            steps = 2 ** (bits - 1) - 1 if self.config.detection == "coherent" else 2**bits - 1
+            step = high / max(steps, 1)
+            reading = torch.round(reading / step) * step
         return Detection(reading, clipped)
