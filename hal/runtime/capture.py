@@ -143,14 +143,16 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable[str] = ()) -> fx.GraphM
         raise
     except Exception as exc:
         where = tracer.failed_in or ""
-        label = f"module {where!r} ({type(model.get_submodule(where)).__name__})" if where else f"the model's own forward ({type(model).__name__})"
-        pin = where or "<module name>"
-        raise UntraceableModel(
-            f"torch.fx cannot trace {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-            f"Pin it to run whole on the CPU reference (pins={{{pin!r}: 'cpu:0'}}, or `--pin {pin}=cpu:0`), "
-            "or remove the control flow that depends on tensor values",
-            where,
-        ) from exc
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        if where:
+            label = f"module {where!r} ({type(model.get_submodule(where)).__name__})"
+            advice = (f"Pin it to run whole on the CPU reference (pins={{{where!r}: 'cpu:0'}}, or `--pin {where}=cpu:0`), "
+                      "or remove the control flow that depends on tensor values")
+        else:
+            label = f"the model's own forward ({type(model).__name__})"
+            advice = ("Move the part whose control flow depends on tensor values into a submodule and pin that submodule "
+                      "to 'cpu:0' (it then runs whole on the CPU reference)")
+        raise UntraceableModel(f"torch.fx cannot trace {label}: {type(exc).__name__}: {first_line}. {advice}", where) from exc
     return fx.GraphModule(model, graph)
 
 

@@ -114,3 +114,20 @@ def test_a_leaf_module_becomes_one_host_node():
 def test_wrong_number_of_example_inputs_is_refused():
     with pytest.raises(ValueError, match="takes 1 input"):
         capture(mlp(), (torch.randn(3, 8), torch.randn(3, 8)))
+
+
+def test_untraceable_root_forward_says_to_move_the_branch_into_a_pinned_submodule():
+    with pytest.raises(UntraceableModel, match="own forward .*DataDependent.*submodule") as info:
+        capture(DataDependent(), (torch.randn(2, 4),))
+    assert info.value.module == ""
+
+
+def test_plan_keeps_a_pinned_untraceable_module_whole_and_runs_it():
+    import hal
+    from hal.runtime import plan
+
+    model = Wrapper()
+    x = torch.randn(2, 4)
+    p = plan(model, x, pins={"gate": "cpu:0"}, devices=[hal.device("cpu")])
+    assert p.device_of("gate") == "host" and p.device_of("pre") == "cpu:0"
+    torch.testing.assert_close(p.run(x), model(x).detach())
