@@ -219,12 +219,10 @@ class NvidiaDevice(Device):
             fn = matmul.matmul_fn(self.precision, dtype)
             path = f"torch matmul ({matmul.compute_format(self.precision, dtype)})"
         elif op.name == "linear":
-            body = matmul.linear_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs["activation"])
-            fn = lambda x: body(x)
+            fn = matmul.linear_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs["activation"])
             path = f"torch linear ({matmul.compute_format(self.precision, dtype, 'linear')})"
         elif op.name == "conv2d":
-            body = matmul.conv2d_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs)
-            fn = lambda x: body(x)
+            fn = matmul.conv2d_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs)
             path = f"cuDNN conv2d ({matmul.compute_format(self.precision, dtype, 'conv2d')})"
         elif op.name == "attention":
             fn, path = self._attention(op, attrs)
