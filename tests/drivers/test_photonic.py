@@ -207,3 +207,22 @@ def test_convert_swaps_linear_layers_and_runs_them_on_the_device():
     with torch.no_grad():
         photonic[0].weight.mul_(2)
     assert photonic[0].photonic_program() is not program  # weight changed: reprogrammed
+
+
+def test_program_error_estimate_matches_what_a_call_gives():
+    d = hal.device("photonic:0?N=16&seed=2")
+    w = torch.randn(16, 16, dtype=torch.float64)
+    x = torch.randn(512, 16, dtype=torch.float64)
+    program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    actual = _relative(program(x), x @ w.T)
+    assert 0.5 < program.cost.error / actual < 2.0
+
+
+def test_wavelengths_carry_the_batch_in_parallel():
+    x, w = torch.randn(4096, 16), torch.randn(16, 16)
+    op = OpSpec("linear", [x], {"weight": w})
+    one = hal.device("photonic:0?N=16&channels=1").estimate(op)
+    eight = hal.device("photonic:0?N=16&channels=8").estimate(op)
+    streaming = 4096 / 10e9
+    assert one.latency_s == pytest.approx(streaming, rel=0.05)
+    assert eight.latency_s == pytest.approx(streaming / 8, rel=0.2)
