@@ -22,6 +22,7 @@ overhead < 50 us per stage.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -53,6 +54,8 @@ class BenchDevice(Device):
     s_per_flop = 1e-12
     j_per_flop = 1e-12
     error = 1e-5
+    #: Per-op speed factors, so that each device is best at something and transfers decide the split.
+    op_factor: dict[str, float] = {}
 
     @classmethod
     def probe(cls) -> list[DeviceInfo]:
@@ -62,8 +65,8 @@ class BenchDevice(Device):
         return Capabilities(str(self.uri), self.kind, self.paradigm, True, {}, {n: OpSupport(("float32",), {"float32": 1e-3}) for n in self.ops})
 
     def estimate(self, op: OpSpec) -> Cost:
-        flops = vocabulary.flops(op)
-        return Cost(1e-7 + flops * self.s_per_flop, flops * self.j_per_flop, self.error, "bench")
+        flops = vocabulary.flops(op) * self.op_factor.get(op.name, 1.0)
+        return Cost(1e-8 + flops * self.s_per_flop, flops * self.j_per_flop, self.error, "bench")
 
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
         fn, attrs = TORCH_OPS[op.name], dict(op.attrs)
@@ -73,9 +76,10 @@ class BenchDevice(Device):
 def devices(count: int) -> list[Device]:
     out = []
     for i in range(count):
-        ops = ("linear", "gelu", "add", "relu") if i % 3 != 1 else ("linear", "relu")
-        attrs = {"kind": f"bench{i}", "paradigm": PARADIGMS[i % len(PARADIGMS)], "ops": ops,
-                 "s_per_flop": 1e-12 * (1 + i % 4), "j_per_flop": 1e-12 * (1 + (3 * i) % 5), "error": 1e-5 * (1 + (2 * i) % 3)}
+        ops = ("linear", "gelu", "add", "relu") if i % 3 != 2 else ("linear", "relu")
+        factors = {"linear": 1 + i % 5, "gelu": 5 - i % 5, "add": 1 + (i + 2) % 5, "relu": 1.0}
+        attrs = {"kind": f"bench{i}", "paradigm": PARADIGMS[i % len(PARADIGMS)], "ops": ops, "op_factor": factors,
+                 "s_per_flop": 1e-12 * (1 + i % 3), "j_per_flop": 1e-12 * (1 + (3 * i) % 5), "error": 1e-5 * (1 + (2 * i) % 3)}
         out.append(type(f"Bench{i}", (BenchDevice,), attrs)(f"bench{i}:0"))
     return out
 
@@ -130,7 +134,7 @@ def planning() -> tuple[list[dict], dict]:
         for distinct in (False, True):
             for n in SIZES:
                 graph = synthetic_graph(n, shape, distinct)
-                seconds, result = time_place(graph, devs, 1 if n >= 10_000 else 5)
+                seconds, result = time_place(graph, devs, 3 if n >= 10_000 else 9)
                 row = {"shape": shape, "layers": "distinct" if distinct else "repeated", "nodes": n, "devices": 5,
                        "plan_ms": seconds * 1e3, "us_per_node_device2": seconds * 1e6 / (n * 25),
                        "objective_latency_s": result.totals().latency_s,
@@ -142,13 +146,14 @@ def planning() -> tuple[list[dict], dict]:
     device_rows = []
     for count in (2, 5, 10):
         graph = synthetic_graph(1_000, "dag", False)
-        seconds, _ = time_place(graph, devices(count), 5)
+        seconds, _ = time_place(graph, devices(count), 9)
         device_rows.append({"nodes": 1_000, "devices": count, "plan_ms": seconds * 1e3})
         print(f"dag 1000 nodes, {count} devices: {seconds * 1e3:.2f} ms")
     return rows, {"by_devices": device_rows}
 
 
 def capture_times() -> list[dict]:
+    capture(nn.Sequential(nn.Linear(4, 4)), (torch.randn(1, 4),))  # warm-up: fx and ShapeProp imports and caches
     out = []
     for n in (100, 1_000):
         layers = []
@@ -222,7 +227,7 @@ def main() -> None:
         "executor_target_met": executor["overhead_us_per_stage"] < OVERHEAD_TARGET_US,
     }
     document = {
-        "environment": environment("cpu (fake devices through the Device contract)"),
+        "environment": {**environment("cpu (fake devices through the Device contract)"), "load_average_1_5_15": list(os.getloadavg())},
         "setup": {"devices": 5, "paradigms": [p.value for p in PARADIGMS], "batch": 8, "widths": [64, 96, 128, 160], "policy": "latency", "torch_threads": 1},
         "planning": rows,
         "planning_by_devices": by_devices["by_devices"],

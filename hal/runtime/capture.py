@@ -64,10 +64,6 @@ class Node:
     host_op: str = ""
 
     @property
-    def is_host_only(self) -> bool:
-        return self.op is None
-
-    @property
     def label(self) -> str:
         """Short op text: ``linear+relu``, ``softmax``, or ``host:<what>`` for a host step."""
         if self.op is None:
@@ -90,11 +86,8 @@ class Graph:
     notes: list[str] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
 
-    def value_spec(self, name: str) -> TensorSpec | None:
-        """Shape/dtype of a value (graph input, constant or node output); None if it is not a tensor."""
-        return self._specs().get(name)
-
-    def _specs(self) -> dict[str, TensorSpec | None]:
+    def specs(self) -> dict[str, TensorSpec | None]:
+        """Shape/dtype of every value (graph inputs, constants, node outputs); None where it is not a tensor."""
         specs: dict[str, TensorSpec | None] = dict(zip(self.inputs, self.input_specs))
         specs.update({k: TensorSpec.of(v) for k, v in self.constants.items()})
         specs.update({n.name: n.output for n in self.nodes})

@@ -123,7 +123,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         c = p.node_costs[i]
         nodes.append({
             "name": node.name, "op": str(node.op) if node.op is not None else None, "source": node.source,
-            "device": p.label(p.assignment[i]), "pinned": node.name in plan._node_pins, "fused": list(node.fused),
+            "device": p.label(p.assignment[i]), "pinned": node.name in plan.node_pins, "fused": list(node.fused),
             "latency_s": c.latency_s, "energy_j": c.energy_j, "error": c.error, "formula": c.formula,
         })
     transfers = [

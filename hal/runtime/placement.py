@@ -166,7 +166,7 @@ def _place(graph, devices, policy, pins, host, fixed, queries) -> Placement:
     pins = dict(pins or {})
     fixed = dict(fixed or {})
     rates = [edge_rates(d, host) for d in locations]
-    specs = graph._specs()
+    specs = graph.specs()
     index = {n.name: i for i, n in enumerate(graph.nodes)}
 
     candidates, reasons = _candidates(graph, locations, pins, fixed, host, queries, specs)
@@ -175,7 +175,7 @@ def _place(graph, devices, policy, pins, host, fixed, queries) -> Placement:
     while True:
         allowed = [[(loc, c) for loc, c in cand if (v, loc) not in forbidden] or [(0, _host_cost(graph, v, host, specs))] for v, cand in enumerate(candidates)]
         weights = _weights(policy, allowed)
-        assignment = _optimise(graph, allowed, rates, weights, specs, index)
+        assignment = _optimise(graph, allowed, rates, weights, specs)
         over = _over_capacity(graph, locations, assignment, fixed)
         if not over:
             break
@@ -266,7 +266,7 @@ def _weights(policy: str, allowed: list[list[tuple[int, Cost]]]) -> tuple[float,
     return tuple(weights)  # type: ignore[return-value]
 
 
-def _optimise(graph: Graph, allowed, rates: list[Edge], weights, specs: dict, index: dict[str, int]) -> list[int]:
+def _optimise(graph: Graph, allowed, rates: list[Edge], weights, specs: dict) -> list[int]:
     wl, we, wr = weights
     n_loc = len(rates)
     egress = [wl * r.egress_s + we * r.egress_j for r in rates]

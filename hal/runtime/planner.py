@@ -134,8 +134,8 @@ class Plan:
         self.dropped: list[str] = []
         self.last_report: Report | None = None
         self._queries = _Queries()
-        self._node_pins = _expand_pins(graph, self.pins)
-        self.placement: Placement = place(graph, self.devices, policy, self._node_pins, self.host, queries=self._queries)
+        self.node_pins = _expand_pins(graph, self.pins)
+        self.placement: Placement = place(graph, self.devices, policy, self.node_pins, self.host, queries=self._queries)
         self._variants: dict[tuple, Plan] = {}
 
     # ---- inspection
@@ -241,8 +241,8 @@ class Plan:
             if node.name in done:
                 where = old.locations[old.assignment[i]]
                 fixed[node.name] = new_locations.index(where) if where in new_locations else 0
-        pins = {n: uri for n, uri in self._node_pins.items() if uri != str(device)}
-        self._node_pins = pins
+        pins = {n: uri for n, uri in self.node_pins.items() if uri != str(device)}
+        self.node_pins = pins
         self.placement = place(self.graph, self.devices, self.policy, pins, self.host, fixed, self._queries)
         self.notes.append(f"{device} was dropped after a failure; remaining nodes re-placed")
         return self.placement
