@@ -435,7 +435,8 @@ class Device(ABC):
             vocabulary.check(op)
         except HalError as exc:
             return Support.no(str(exc))
-        return self._check(op) or Support.yes()
+        extra = self._check(op)
+        return Support.yes() if extra is None else extra
 
     def _check(self, op: OpSpec) -> Support | None:
         """Driver-specific support rules (sizes, capacities); None means no objection."""

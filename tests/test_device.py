@@ -162,3 +162,12 @@ def test_availability_queries():
     assert hal.device_count("nosuchkind") == 0
     assert any(i.uri == "cpu:0" for i in hal.devices())
     assert all(i.available for i in hal.devices())
+
+
+def test_driver_check_refusal_is_honoured(monkeypatch):
+    d = hal.device("cpu")
+    monkeypatch.setattr(d, "_check", lambda op: hal.Support.no("only 4 tiles fit"))
+    support = d.supports(OpSpec("relu", [torch.randn(3)]))
+    assert not support and support.reason == "only 4 tiles fit"
+    with pytest.raises(UnsupportedOp, match="4 tiles"):
+        d.prepare(OpSpec("relu", [torch.randn(3)]))
