@@ -1,0 +1,68 @@
+"""hal.runtime on a real NVIDIA GPU: placement with link costs, cuda tensors crossing devices, fallback to the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import hal
+from hal.errors import DeviceFailure
+from hal.runtime import plan
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    for info in hal.devices():
+        if info.kind in ("hopper", "blackwell", "cuda"):
+            return hal.device(info.uri)
+    pytest.skip("no NVIDIA device available to hal here")
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 2048), nn.GELU(), nn.Linear(2048, 512)).eval()
+
+
+def test_large_layers_go_to_the_gpu_and_results_match(gpu):
+    model, x = mlp(), torch.randn(1024, 512)
+    p = plan(model, x, policy="latency", devices=[hal.device("cpu"), gpu])
+    placed = {p.device_of(n) for n in p.graph.node_names()}
+    assert str(gpu) in placed
+    into_gpu = [t for t in p.to_dict()["transfers"] if t["to"] == str(gpu)]
+    assert into_gpu and all(t["latency_s"] > 0 for t in into_gpu)
+    out, report = p.run(x, profile=True)
+    assert out.device.type == "cpu"
+    ref = model.double()(x.double())
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_cuda_tensors_cross_to_a_cpu_pinned_layer_and_back(gpu):
+    model, x = mlp(), torch.randn(256, 512)
+    pins = {"0": str(gpu), "2": "cpu:0", "4": str(gpu)}
+    p = plan(model, x, pins=pins, devices=[hal.device("cpu"), gpu])
+    assert [p.device_of(n) for n in ("0", "2", "4")] == [str(gpu), "cpu:0", str(gpu)]
+    out = p.run(x)
+    ref = model.double()(x.double())
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_gpu_failure_mid_run_falls_back_to_the_cpu(gpu):
+    model, x = mlp(), torch.randn(1024, 512)
+    p = plan(model, x, policy="latency", devices=[hal.device("cpu"), gpu])
+    p.prepare()
+
+    def lost(*inputs):
+        raise DeviceFailure(f"{gpu}: injected Xid 79 (fell off the bus)")
+
+    for (node, uri), program in p.programs.items():
+        if uri == str(gpu):
+            program.run = lost
+    with pytest.warns(RuntimeWarning, match="fell off the bus"):
+        out, report = p.run(x, profile=True)
+    assert report.fallbacks and report.fallbacks[0].device == str(gpu)
+    assert {p.device_of(n) for n in p.graph.node_names()} <= {"cpu:0", "host"}
+    ref = model.double()(x.double())
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-3
