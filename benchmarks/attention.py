@@ -194,6 +194,39 @@ def run_seq(seq: int, names: list[str], flex, create_block_mask, do_flex: bool, 
     return rows
 
 
+def sweep(spec: str, names: list[str], seqs: list[int]) -> list[dict]:
+    """Forward time of explicit tile configs (exploration; the benchmark proper autotunes among configs.py)."""
+    from hal.kernels.attention.configs import TileConfig
+    configs = []
+    for item in spec.split(";"):
+        parts = item.split(",")
+        flags = set(parts[4:])
+        configs.append(TileConfig(*(int(x) for x in parts[:4]), "tma" in flags, "ws" in flags, "single" in flags))
+    rows = []
+    for seq in seqs:
+        batch = max(1, 16384 // seq)
+        gen = torch.Generator(device="cuda").manual_seed(seq)
+        q, k, v = (torch.randn(batch, HEADS, seq, HEAD_DIM, device="cuda", dtype=DTYPE, generator=gen)
+                   for _ in range(3))
+        for name in names:
+            pattern = pattern_specs(seq)[name][0]
+            attn = compile_attention(pattern, head_dim=HEAD_DIM, dtype=DTYPE, autotune=False)
+            ref = None
+            for c in configs:
+                row = {"pattern": name, "seq": seq, "config": c.__dict__}
+                try:
+                    out, _ = attn.forward(q, k, v, HEAD_DIM ** -0.5, c)
+                    ref = out if ref is None else ref
+                    row["rel_err_vs_first"] = rel_err(out, ref)
+                    row["fwd_ms"] = [bench(lambda: attn.forward(q, k, v, HEAD_DIM ** -0.5, c)) for _ in range(2)]
+                except Exception as e:
+                    row["error"] = repr(e)[:200]
+                rows.append(row)
+                print("sweep", name, seq, tuple(c.__dict__.values()), row.get("fwd_ms"), row.get("error", ""),
+                      flush=True)
+    return rows
+
+
 def summarize(rows: list[dict]) -> dict:
     table: dict[str, dict] = {}
     for r in rows:
@@ -234,6 +267,8 @@ def main() -> int:
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--no-check", action="store_true", help="skip the float64 reference check")
+    ap.add_argument("--sweep", default="", help="only time these forward tile configs of ours, e.g. "
+                    "'128,128,8,2;256,64,8,2,tma' (block_m,block_n,warps,stages[,tma][,ws][,single])")
     ap.add_argument("--out", default="benchmarks/results/attention.json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -258,6 +293,11 @@ def main() -> int:
         "timing": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, CUDA events; each twice, mean reported",
         "correctness": [], "rows": [],
     }
+    if args.sweep:
+        result["sweep"] = sweep(args.sweep, names, seqs)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        return 0
     if not args.no_check:
         for name in names:
             pattern = pattern_specs(4096)[name][0]
