@@ -113,21 +113,30 @@ class TcpLink:
 
 
 class LineClock:
-    """When bytes of one direction of an emulated UART finish arriving: each byte takes 10 bit times."""
+    """When bytes of one direction of an emulated UART finish arriving: each byte takes 10 bit times.
+
+    A transfer starts when the line is free and its bytes are ready, whichever is later; lateness of the
+    emulator's own thread (sleep overshoot) is not charged to the line, so a continuous stream runs at the
+    line rate rather than below it.
+    """
 
     def __init__(self, baud: int):
         self.byte_time_s = BITS_PER_BYTE / baud if baud else 0.0
-        self._free_at = 0.0
+        self.free_at = 0.0
 
-    def wait(self, n_bytes: int) -> None:
-        """Block until ``n_bytes`` queued now (after anything still on the line) have been carried."""
+    def wait(self, n_bytes: int, ready_at: float | None = None) -> None:
+        """Block until ``n_bytes`` that were ready at ``ready_at`` (default: now) have been carried."""
         if not self.byte_time_s:
             return
         now = time.perf_counter()
-        self._free_at = max(self._free_at, now) + n_bytes * self.byte_time_s
-        delay = self._free_at - now
+        self.free_at = max(self.free_at, now if ready_at is None else ready_at) + n_bytes * self.byte_time_s
+        delay = self.free_at - now
         if delay > 0:
             time.sleep(delay)
+
+
+#: A read that finds bytes waiting within this many seconds of the line falling free continues a stream.
+STREAM_GAP_S = 0.002
 
 
 class BoardServer:
@@ -148,21 +157,26 @@ class BoardServer:
         self.frames_seen = 0
         self.runs_seen = 0
         self._inbox: queue.Queue[bytes | None] = queue.Queue()
+        self._outbox: queue.Queue[tuple[bytes | None, float]] = queue.Queue()
 
     def _receive(self) -> None:
         while not self.stop.is_set():
+            asked = time.perf_counter()
             try:
                 data = self.link.read(0.2)
             except (EOFError, OSError):
                 break
             if data:
-                self.rx_clock.wait(len(data))
+                waiting = time.perf_counter() - asked < STREAM_GAP_S and asked - self.rx_clock.free_at < STREAM_GAP_S
+                self.rx_clock.wait(len(data), self.rx_clock.free_at if waiting else None)
                 self._inbox.put(self.rx_faults.apply(data))
         self._inbox.put(None)
 
     def serve_forever(self, parent_pid: int | None = None) -> None:
         """Serve until ``stop`` is set, the link closes, a disconnect fault fires, or the parent process dies."""
         threading.Thread(target=self._receive, daemon=True, name="board-rx").start()
+        transmitter = threading.Thread(target=self._transmit, daemon=True, name="board-tx")
+        transmitter.start()
         while not self.stop.is_set():
             if parent_pid is not None and os.getppid() != parent_pid:
                 break
@@ -200,13 +214,25 @@ class BoardServer:
         return True
 
     def _send(self, wire: bytes) -> None:
-        for start in range(0, len(wire), self.tx_chunk):
-            chunk = wire[start:start + self.tx_chunk]
-            self.tx_clock.wait(len(chunk))
-            self.link.write(chunk)
+        """Queue an answer for the transmitter (like a UART's DMA transmit: the firmware goes on with the next request)."""
+        self._outbox.put((wire, time.perf_counter()))
+
+    def _transmit(self) -> None:
+        while True:
+            wire, queued_at = self._outbox.get()
+            if wire is None:
+                return
+            for start in range(0, len(wire), self.tx_chunk):
+                chunk = wire[start:start + self.tx_chunk]
+                self.tx_clock.wait(len(chunk), queued_at)
+                try:
+                    self.link.write(chunk)
+                except (EOFError, OSError):
+                    return
 
     def close(self) -> None:
         self.stop.set()
+        self._outbox.put((None, 0.0))
         self.link.close()
 
 
