@@ -62,6 +62,7 @@ class Node:
     host_fn: Callable[..., Any] | None = None
     fused: tuple[str, ...] = ()
     host_op: str = ""
+    after: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -309,7 +310,8 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_method":
         return f"method .{node.target}()"
     target = node.target
-    return f"{getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', str(target))}".lstrip(".")
+    text = f"{getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', str(target))}".lstrip(".")
+    return text + (" (inplace=True)" if node.kwargs.get("inplace") else "")
 
 
 def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf_modules: Iterable[str] = ()) -> Graph:
@@ -386,6 +388,7 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf
     def build_output(values: list[Any]) -> Any:
         return fx.node.map_arg(template, lambda r: values[out_position[r]])
 
+    _order_after_in_place(nodes)
     graph = Graph(
         inputs=[p.name for p in placeholders],
         input_specs=[TensorSpec.of(t) for t in example_inputs],
@@ -397,6 +400,23 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf
     )
     _fuse_linear_relu(graph)
     return graph
+
+
+def _mutates(node: Node) -> bool:
+    """Whether a host step writes its first operand in place (``x.mul_(2)``, ``F.relu(x, inplace=True)``)."""
+    name = node.host_op
+    return node.op is None and bool(node.inputs) and (name.endswith("_") and not name.endswith("__") or "inplace=True" in node.source)
+
+
+def _order_after_in_place(nodes: list[Node]) -> None:
+    """Make every later reader of a value written in place wait for the writer (``Node.after``)."""
+    writers: dict[str, str] = {}
+    for node in nodes:
+        waits = tuple(dict.fromkeys(writers[r] for r in node.inputs if r in writers and writers[r] != node.name))
+        if waits:
+            node.after = waits
+        if _mutates(node):
+            writers[node.inputs[0]] = node.name
 
 
 def _fuse_linear_relu(graph: Graph) -> None:

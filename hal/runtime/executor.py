@@ -5,8 +5,9 @@ prepared once per (node, device) and kept by the plan. Stages whose inputs are r
 their device is free; when the stage graph is a chain (the common case) they run in the caller's
 thread with no scheduling at all.
 
-If preparing or running a Program raises (``DeviceFailure`` from a lost link, or any other exception),
-that device is dropped from the plan, the nodes not yet executed are re-placed on the remaining
+If preparing or running a Program raises (``DeviceFailure`` from a lost link, or any other exception
+except ``InvalidInput``, which is the data's fault, such as NaN given to a device that refuses it, and
+propagates unchanged), that device is dropped from the plan, the nodes not yet executed are re-placed on the remaining
 devices (executed nodes keep their results, at no cost), a ``RuntimeWarning`` says so, and the run
 continues; the report records the device, the node and the error. Caller inputs are never mutated:
 when a host step reads a caller's tensor, the run works on a copy of it (device Programs get tensors
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hal.device import Device, Program
-from hal.errors import DeviceFailure
+from hal.errors import DeviceFailure, InvalidInput
 from hal.kernels.torch_ops import TORCH_OPS
 from hal.runtime.capture import Graph, Node
 from hal.runtime.costs import HOST
@@ -78,6 +79,11 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __str__(self) -> str:
+        from hal.runtime.explain import render_report
+
+        return render_report(self)
+
 
 class _StageFailed(Exception):
     def __init__(self, location: int, node: str, error: BaseException):
@@ -98,7 +104,7 @@ def build_stages(graph: Graph, placement: Placement, done: set[str]) -> list[Sta
         stage = stages[-1]
         stage.nodes.append(i)
         stage_of[node.name] = stage.index
-        for r in node.inputs:
+        for r in (*node.inputs, *node.after):
             s = stage_of.get(r)
             if s is not None and s != stage.index:
                 stage.deps.add(s)
@@ -156,6 +162,8 @@ class Executor:
             node = graph.nodes[i]
             try:
                 values[node.name] = self._run_node(node, device, values)
+            except InvalidInput:
+                raise  # the data's fault (NaN/inf where refused): any device would refuse it too
             except Exception as exc:
                 if device is None:
                     raise

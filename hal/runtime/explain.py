@@ -107,6 +107,25 @@ def render_text(plan: Plan, width: int = 140) -> str:
     return buffer.getvalue()
 
 
+def render_report(report: Report, width: int = 140) -> str:
+    """A run's stages, measured beside estimated, then its fallbacks and re-plan, as text."""
+    table = Table(title="hal run", caption=f"total {_si(report.total_s, 's')}" if report.total_s is not None else None)
+    for column in ("stage", "device", "nodes", "est. latency", "measured"):
+        table.add_column(column, justify="right" if column in ("est. latency", "measured") else "left")
+    for r in report.stages:
+        nodes = ", ".join(r.nodes[:SHOWN_NODES]) + (f" (+{len(r.nodes) - SHOWN_NODES})" if len(r.nodes) > SHOWN_NODES else "")
+        table.add_row(str(r.stage), r.device, nodes, _si(r.est_latency_s, "s"), _si(r.measured_s, "s") if r.measured_s is not None else "-")
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
+    console.print(table)
+    for f in report.fallbacks:
+        moved = ", ".join(f"{k} -> {v}" for k, v in f.replaced_by.items())
+        console.print(f"fallback: {f.device} failed at {f.node}: {f.error}; moved {moved or 'nothing'}")
+    if report.replanned_for is not None:
+        console.print(f"re-planned for input shapes {report.replanned_for}")
+    return buffer.getvalue()
+
+
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     p = plan.placement
     stages = plan.stages

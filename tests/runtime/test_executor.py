@@ -134,3 +134,33 @@ def test_independent_stages_on_different_devices_overlap():
     torch.testing.assert_close(a, m.left(x).detach())
     torch.testing.assert_close(b, torch.relu(m.right(x)).detach())
     assert not barrier.broken
+
+
+def test_nan_refused_by_a_device_is_the_callers_error_not_a_device_failure():
+    from hal.errors import InvalidInput
+
+    class Refusing(type(fake("tmp"))):
+        refuses_nonfinite = True
+
+    picky = Refusing("tmp:0")
+    m, x = model(), torch.randn(2, 16)
+    p = plan(m, x, devices=[picky])
+    x[0, 0] = float("nan")
+    with pytest.raises(InvalidInput, match="NaN"):
+        p.run(x)
+    assert p.dropped == [] and "tmp:0" in {p.device_of(n) for n in p.graph.node_names()}
+
+
+def test_failure_while_branches_overlap_falls_back_and_report_prints():
+    left = fake("bl", ops=("linear",), fail_on_call=1)
+    right = fake("br", ops=("linear", "relu"), s_per_flop=1e-11)
+    m, x = Branches(), torch.randn(2, 8)
+    p = plan(m, x, devices=[left, right], pins={"left": "bl:0", "right": "br:0"})
+    assert len(p.stages) == 2 and not p.stages[1].deps
+    with pytest.warns(RuntimeWarning, match="bl:0 failed"):
+        (a, b), report = p.run(x, profile=True)
+    torch.testing.assert_close(a, m.left(x).detach())
+    torch.testing.assert_close(b, torch.relu(m.right(x)).detach())
+    assert report.fallbacks[0].replaced_by == {"left": "br:0"}
+    text = str(report)
+    assert "measured" in text and "fallback: bl:0 failed at left" in text
