@@ -74,6 +74,7 @@ def run_placement(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     planned_s = time.perf_counter() - start
     print(plan)
     hal_logits, report = plan.run(x, profile=True)
+    print(report)
     reference = model(x)
     devices = sorted({plan.device_of(n) for n in plan.graph.node_names()})
     if plot:
