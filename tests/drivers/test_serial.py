@@ -56,11 +56,17 @@ def test_decoder_bounds_its_buffer() -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=600))
-def test_fuzz_random_bytes_never_yield_a_bad_message(data: bytes) -> None:
+@given(st.binary(max_size=600), st.integers(1, 64))
+def test_fuzz_random_bytes_never_yield_a_bad_message(data: bytes, split: int) -> None:
     decoder = FrameDecoder(max_message_bytes=256)
-    for message in decoder.feed(data):  # anything accepted must carry a matching CRC
-        assert len(message) >= p.HEADER_BYTES
+    accepted = []
+    for start in range(0, len(data), split):  # fed in pieces, as a serial port delivers them
+        accepted += decoder.feed(data[start:start + split])
+    accepted += decoder.feed(b"\x00")
+    pieces = [piece for piece in data.split(b"\x00") if piece]
+    # every delimited piece was either a genuine frame (its own encoding) or counted as rejected
+    assert len(accepted) + decoder.rejected == len(pieces)
+    assert all(encode_frame(m)[:-1] in pieces and len(m) >= p.HEADER_BYTES for m in accepted)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -89,6 +95,9 @@ def test_fuzz_mutated_frames_are_rejected(payload: bytes, edits: list) -> None:
     assert len(accepted) + decoder.rejected == len([piece for piece in bytes(wire).split(b"\x00") if piece])
 
 
+_FIRMWARE = Firmware(BoardConfig(kind="cpu", slots=2, max_rows=64, max_cols=64, memory_bytes=64 * 64 * 4 * 2 + 1024))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=0, max_size=200))
 def test_fuzz_firmware_answers_any_checked_frame_without_crashing(raw: bytes) -> None:
@@ -100,9 +109,6 @@ def test_fuzz_firmware_answers_any_checked_frame_without_crashing(raw: bytes) ->
 
 
 # --------------------------------------------------------------------------- firmware
-
-_FIRMWARE = Firmware(BoardConfig(kind="cpu", slots=2, max_rows=64, max_cols=64, memory_bytes=64 * 64 * 4 * 2 + 1024))
-
 
 def _ask(firmware: Firmware, command: Command, payload: bytes = b"", seq: int = 1, session: int | None = None) -> Message:
     raw = p.request(command, seq, firmware.boot_id if session is None else session, payload).pack()
@@ -284,3 +290,8 @@ class TestConformanceCpuBoard(DeviceConformance):
 @pytest.mark.skipif(not hal.is_available("memristor"), reason="the memristor driver is not available")
 class TestConformanceMemristorBoard(DeviceConformance):
     uri = "memristor:0?port=loop://&baud=0&device=seed%3D0"
+
+
+@pytest.mark.skipif(not hal.is_available("photonic"), reason="the photonic driver is not available")
+class TestConformancePhotonicBoard(DeviceConformance):
+    uri = "photonic:0?port=loop://&baud=0"

@@ -184,7 +184,11 @@ class BoardDevice(Device):
         infos = []
         for kind in ("memristor", "photonic"):
             if kind in registry.drivers():
-                infos.append(DeviceInfo(uri=f"{kind}:0?port=emu", kind=kind, available=True, simulated=True,
+                hosted = registry.probe(kind)
+                available = any(i.available for i in hosted)
+                reason = "" if available else f"the board emulator hosts {kind}:0, which is unavailable: {hosted[0].reason if hosted else 'not probed'}"
+                infos.append(DeviceInfo(uri=f"{kind}:0?port=emu", kind=kind, available=available, reason=reason,
+                                        fix="" if available else f"see `hal doctor` for {kind}", simulated=True,
                                         summary={"transport": "pty", "emulator": "python -m hal.drivers.serial.board"}))
         try:
             reports = discovery.scan()
@@ -494,7 +498,7 @@ class BoardDevice(Device):
     def status(self) -> dict[str, int]:
         """The board's STATUS counters (boot id, frames, CRC rejects, duplicates, programs, runs, resets)."""
         answer = self._call(lambda: self.client.call(Command.STATUS, answer_bytes=p.STATUS_RESPONSE.size))
-        (values), _ = p.unpack(p.STATUS_RESPONSE, answer.payload, "STATUS answer")
+        values, _ = p.unpack(p.STATUS_RESPONSE, answer.payload, "STATUS answer")
         return dict(zip(p.STATUS_FIELDS, values))
 
     def reset_board(self) -> None:
