@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 import hal
 from hal.capability import validate
-from hal.drivers.serial import BoardDevice
+from hal.drivers.serial import BoardDevice, discovery
 from hal.drivers.serial import protocol as p
 from hal.drivers.serial.client import BoardClient, BoardError, NoAnswer, Request
 from hal.drivers.serial.faults import FaultPlan
@@ -275,6 +277,34 @@ def test_capacity_errors_come_back_as_capacity_exceeded() -> None:
             d.linear(torch.randn(1, 32), torch.randn(16, 32))
     finally:
         d.close()
+
+
+def test_hosted_device_options_pass_through() -> None:
+    d = BoardDevice("cpu:0?port=loop://&baud=0&device=precision%3Dfloat64", kind="cpu")
+    try:
+        assert d.capabilities.identity["hosted"] == "cpu:0?precision=float64"
+    finally:
+        d.close()
+
+
+def test_socket_transport_and_handshake_discovery() -> None:
+    board = subprocess.Popen([sys.executable, "-m", "hal.drivers.serial.board", "--kind", "cpu", "--tcp", "0", "--baud", "0"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        url = board.stdout.readline().strip()
+        assert url.startswith("socket://127.0.0.1:")
+        identity, capabilities = discovery.handshake(url)
+        assert identity["model"] == "cpu-board-emulator" and capabilities["kind"] == "cpu"
+        d = BoardDevice(f"cpu:0?port={url}", kind="cpu")
+        try:
+            assert d.capabilities.identity["transport"] == "socket"
+            x, w = torch.randn(3, 8), torch.randn(2, 8)
+            assert torch.allclose(d.linear(x, w), x @ w.T, atol=1e-5)
+        finally:
+            d.close()
+    finally:
+        board.terminate()
+        board.wait(10)
 
 
 def test_probe_lists_emulators_and_does_not_hang() -> None:
