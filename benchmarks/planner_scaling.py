@@ -25,9 +25,10 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from typing import ClassVar
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from benchmarks.common import environment, write_result
 from hal import ops as vocabulary
@@ -55,7 +56,7 @@ class BenchDevice(Device):
     j_per_flop = 1e-12
     error = 1e-5
     #: Per-op speed factors, so that each device is best at something and transfers decide the split.
-    op_factor: dict[str, float] = {}
+    op_factor: ClassVar[dict[str, float]] = {}
 
     @classmethod
     def probe(cls) -> list[DeviceInfo]:

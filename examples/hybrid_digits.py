@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from sklearn.datasets import load_digits
+from torch import nn
 
 import hal
 import hal.runtime

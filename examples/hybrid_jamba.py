@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import hal.runtime
 from hal.kernels.selective_scan import selective_scan_reference

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
+from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from hal import ops as vocabulary
@@ -219,7 +219,7 @@ _METHODS = {"relu": "relu", "add": "add", "mul": "mul", "matmul": "matmul", "__a
 def _map_function(gm: fx.GraphModule, node: fx.Node, constant: Callable[[Any], torch.Tensor | None]) -> _Mapped | None:
     target = node.target
     args = node.args
-    is_value = lambda a: isinstance(a, fx.Node) and constant(a) is None  # noqa: E731
+    is_value = lambda a: isinstance(a, fx.Node) and constant(a) is None
     if node.op == "call_method":
         name = _METHODS.get(target)
         if target == "softmax":
@@ -314,6 +314,13 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     return text + (" (inplace=True)" if node.kwargs.get("inplace") else "")
 
 
+def _referenced(*structures: Any) -> list[fx.Node]:
+    """The fx nodes referenced anywhere in nested args, each once, in order of first appearance."""
+    found: dict[fx.Node, None] = {}
+    fx.node.map_arg(structures, lambda r: found.setdefault(r))
+    return list(found)
+
+
 def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf_modules: Iterable[str] = ()) -> Graph:
     """Trace ``model`` on ``example_inputs`` into a Graph of vocabulary and host nodes (linear+relu fused)."""
     gm = trace(model, leaf_modules)
@@ -374,14 +381,12 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf
             params = {k: v.detach() for k, v in mapped.params.items() if v is not None}
             nodes.append(Node(name, op, tuple(names[a] for a in mapped.operands), params, out, _describe(gm, n)))
             continue
-        refs: list[fx.Node] = []
-        fx.node.map_arg((n.args, n.kwargs), lambda r: refs.append(r) if r not in refs else None)
+        refs = _referenced(n.args, n.kwargs)
         host_op = type(gm.get_submodule(n.target)).__name__ if n.op == "call_module" else n.target if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
         nodes.append(Node(name, None, tuple(names[r] for r in refs), {}, out, _describe(gm, n), host_fn=_host_function(gm, n, refs), host_op=host_op))
 
     assert output_node is not None
-    out_refs: list[fx.Node] = []
-    fx.node.map_arg(output_node.args[0], lambda r: out_refs.append(r) if r not in out_refs else None)
+    out_refs = _referenced(output_node.args[0])
     out_position = {r: i for i, r in enumerate(out_refs)}
     template = output_node.args[0]
 

@@ -61,7 +61,7 @@ def plan_command(model_path: str, policy: str, pins: list[str], as_json: bool, p
     except HalError as exc:
         err.print(f"[red]error:[/red] {exc}")
         return EXIT_BAD_FILE
-    except Exception as exc:  # the user's file failed: say so, with the exception, not a traceback wall
+    except Exception as exc:  # noqa: BLE001 (the user's file failed: say so, with the exception, not a traceback wall)
         err.print(f"[red]error:[/red] {model_path} failed while loading or building: {type(exc).__name__}: {exc}")
         return EXIT_BAD_FILE
     try:

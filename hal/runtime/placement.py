@@ -105,7 +105,7 @@ class _Queries:
                 try:
                     support = device.supports(op)
                     cost = device.estimate(op) if support else None
-                except Exception as exc:  # a driver bug must not sink the plan: that device just cannot take the node
+                except Exception as exc:  # noqa: BLE001 (a driver bug must not sink the plan: that device just cannot take the node)
                     support, cost = Support.no(f"{device} failed to answer for {op.name}: {type(exc).__name__}: {exc}"), None
                 answer = (support, cost)
                 by_value[op] = answer

@@ -128,7 +128,8 @@ class Plan:
         self.policy = policy
         self.pins = dict(pins)
         self.overlap = overlap
-        self.notes = [*notes, *graph.notes]
+        self._device_notes = list(notes)
+        self.notes = [*self._device_notes, *graph.notes]
         self.host = _host_model(self.devices)
         self.programs: dict[tuple[str, str], Program] = {}
         self.dropped: list[str] = []
@@ -225,7 +226,7 @@ class Plan:
         variant = self._variants.get(key)
         if variant is None:
             graph = _capture_with_pins(self.model, tuple(t.detach() for t in inputs), self.pins)
-            variant = Plan(self.model, graph, self.devices, self.policy, self.pins, self.overlap, self.notes)
+            variant = Plan(self.model, graph, self.devices, self.policy, self.pins, self.overlap, self._device_notes)
             variant.notes.append(f"re-planned for input shapes {[list(s) for s in key]}")
             self._variants[key] = variant
         return variant

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from hal.kernels.selective_scan import selective_scan_reference
 from hal.runtime.capture import UntraceableModel, capture

@@ -22,9 +22,8 @@ MODEL = textwrap.dedent(
 
 @pytest.fixture
 def model_file(tmp_path, monkeypatch):
-    from hal.runtime import planner as plan_module
-
     import hal
+    from hal.runtime import planner as plan_module
 
     monkeypatch.setattr(plan_module, "available_devices", lambda: ([hal.device("cpu")], []))
     path = tmp_path / "model.py"

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 import torch
-import torch.nn as nn
 from runtime_fakes import fake
+from torch import nn
 
 import hal
 from hal.capability import Paradigm

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 from runtime_fakes import fake
+from torch import nn
 
 from hal.capability import Paradigm
 from hal.runtime import plan

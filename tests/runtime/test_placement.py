@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 import torch
-import torch.nn as nn
 from runtime_fakes import fake, fleet
+from torch import nn
 
 import hal
 from hal.capability import Paradigm
@@ -18,7 +18,7 @@ from hal.runtime.placement import place
 
 def chain(widths=(16, 32, 32, 16, 8)) -> nn.Module:
     layers = []
-    for a, b in zip(widths, widths[1:]):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.GELU()]
     return nn.Sequential(*layers)
 
@@ -42,7 +42,7 @@ def test_chain_placement_matches_brute_force(policy):
         p = place(graph, devices, policy, pins, best.host)
         scores.append(p)
     component = {"latency": 0, "energy": 1, "accuracy": 2}[policy]
-    pick = lambda c: (c.latency_s, c.energy_j, c.error)[component]  # noqa: E731
+    pick = lambda c: (c.latency_s, c.energy_j, c.error)[component]
     brute = min(pick(p.totals()) for p in scores)
     assert pick(best.placement.totals()) <= brute * (1 + 1e-6)
     assert len(scores) > 20
