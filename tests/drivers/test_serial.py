@@ -295,6 +295,8 @@ def test_socket_transport_and_handshake_discovery() -> None:
         assert url.startswith("socket://127.0.0.1:")
         identity, capabilities = discovery.handshake(url)
         assert identity["model"] == "cpu-board-emulator" and capabilities["kind"] == "cpu"
+        with pytest.raises(DeviceUnavailable, match="is a 'cpu' board, not 'memristor'"):
+            BoardDevice(f"memristor:0?port={url}", kind="memristor")
         d = BoardDevice(f"cpu:0?port={url}", kind="cpu")
         try:
             assert d.capabilities.identity["transport"] == "socket"

@@ -155,6 +155,9 @@ class BoardDevice(Device):
             self.link.close()
             raise DeviceUnavailable(str(self.uri), f"no board answered the handshake on {port}: {exc}",
                                     "check the cable, power and baud rate (?baud=), and that the board runs hal protocol firmware") from None
+        except BaseException:
+            self.link.close()
+            raise
 
     def _handshake(self) -> None:
         self.client.hello()
