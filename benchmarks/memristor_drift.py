@@ -60,6 +60,7 @@ def aihwkit_worker(data_path: str, out_path: str, seeds: int) -> None:
             config.drift_compensation = GlobalDriftCompensation() if compensate else None
             config.mapping.max_input_size = 256
             config.mapping.max_output_size = 256
+            config.mapping.weight_scaling_columnwise = True  # per-column scale, as ours
             model = AnalogSequential(AnalogLinear(64, 128, rpu_config=config), nn.ReLU(), AnalogLinear(128, 10, rpu_config=config))
             model[0].set_weights(torch.from_numpy(data[f"{weights}_w0"]), torch.from_numpy(data[f"{weights}_b0"]))
             model[2].set_weights(torch.from_numpy(data[f"{weights}_w1"]), torch.from_numpy(data[f"{weights}_b1"]))

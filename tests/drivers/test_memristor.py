@@ -296,3 +296,25 @@ def test_training_injects_noise_with_gradients():
     assert not torch.equal(a, b)
     a.sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_matmul_programs_b_on_every_call():
+    d = fresh("memristor:0?tile=16&seed=1")
+    a, b = torch.randn(3, 8, 16), torch.randn(3, 16, 8)
+    program = d.prepare(OpSpec("matmul", [a, b]))
+    assert len(program.tiles) == 3  # one tile per batch matrix
+    program(a, b)
+    once = program.programming.pulses
+    program(a, b)
+    assert program.programming.pulses > once >= 2 * 3 * 16 * 8  # every device pulsed at least once per call
+    assert program.cost.energy_j > program.stats.energy_j / 2  # the estimate includes reprogramming b
+
+
+def test_grouped_conv_layer_matches_torch_when_ideal():
+    layer = torch.nn.Conv2d(4, 6, 3, stride=1, padding=1, groups=2)
+    analog = convert(layer, "memristor:0?ideal=1")
+    assert isinstance(analog, AnalogConv2d)
+    x = torch.randn(2, 4, 5, 5)
+    analog.eval()
+    with torch.no_grad():
+        assert rel(analog(x), layer(x)) < 1e-5

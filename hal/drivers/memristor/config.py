@@ -1,6 +1,9 @@
 """Physical parameters of the emulated crossbar: PCM device statistics, tile periphery, energy constants.
 
 Every non-ideality is a dataclass field with its unit in the name, a default and the source of that default.
+"aihwkit" below means IBM's Analog Hardware Acceleration Kit (Rasch et al., "Using the IBM analog in-memory
+hardware acceleration kit for neural network training and inference", APL Mach. Learn. 1, 041102, 2023) and the
+default of the named parameter in its 1.1.0 release.
 The PCM statistics follow the model IBM fitted on measured devices and published with aihwkit
 (``PCMLikeNoiseModel``): Nandakumar et al., "Phase-change memory models for deep learning training and
 inference", ICECS 2019, and Joshi et al., "Accurate deep neural network inference using computational

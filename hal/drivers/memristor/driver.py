@@ -227,7 +227,7 @@ class MemristorDevice(Device):
             technology="PCM",
             device_model="statistical PCM model of Nandakumar et al., ICECS 2019 (as in IBM aihwkit PCMLikeNoiseModel)",
             tiles=CrossbarTiles(tile.rows, tile.cols, count, 2, Figure.derived(count * tile.rows * tile.cols, "weights", "tiles * rows * cols")),
-            conductance_min=Figure.paper(tile.g_min_us, "uS", "aihwkit single-pair conductance converter (g_min 0)"),
+            conductance_min=Figure.paper(tile.g_min_us, "uS", "Rasch et al., APL Mach. Learn. 1, 041102 (2023), IBM aihwkit: single-pair conductance converter, g_min 0"),
             conductance_max=Figure.paper(tile.g_max_us, "uS", "Nandakumar et al., ICECS 2019 (g_max of the fit)"),
             conductance_levels=tile.conductance_levels,
             converters=Converters(
@@ -235,7 +235,7 @@ class MemristorDevice(Device):
                 adc_bits=tile.adc_bits,
                 input_scaling="static" if tile.input_range > 0 else "per-vector",
                 input_range=Figure.derived(tile.input_range, "input units", "?input_range option") if tile.input_range > 0 else None,
-                adc_full_scale=Figure.paper(tile.adc_full_scale, "v_read*g_max", "aihwkit IOParameters.out_bound default"),
+                adc_full_scale=Figure.paper(tile.adc_full_scale, "v_read*g_max", "Rasch et al., APL Mach. Learn. 1, 041102 (2023), IBM aihwkit: IOParameters.out_bound default"),
                 dac_energy_per_bit=Figure.paper(energy.dac_energy_per_bit_j, "J/bit", "Shafiee et al., ISAAC, ISCA 2016, Table I: 4 mW for 8x128 1-bit DACs at 1.2 GHz"),
                 adc_energy_per_conversion=Figure.paper(energy.adc_energy_j, "J", "Kull et al., IEEE JSSC 48(12) 2013: 3.1 mW 8-bit SAR ADC at 1.2 GS/s"),
                 read_time=Figure.derived(read_time_s(cfg), "s", "dac_steps * 1 ns clock (HERMES, JSSC 2022) + 1/1.2 GS/s ADC conversion"),
@@ -246,9 +246,9 @@ class MemristorDevice(Device):
                 "drift_reference_time": Figure.paper(pcm.drift_reference_time_s, "s", "Nandakumar et al., ICECS 2019 (t0)"),
                 "drift_exponent_mean_at_g_max": Figure.paper(max(pcm.drift_mu_range[0], pcm.drift_mu_intercept), "1", "Nandakumar et al., ICECS 2019: clamp(0.0244, 0.049, 0.1)"),
                 "read_noise_q_at_g_max": Figure.paper(pcm.read_noise_coefficient, "1", "Nandakumar et al., ICECS 2019"),
-                "output_noise": Figure.paper(tile.output_noise, "v_read*g_max", "aihwkit IOParameters.out_noise default"),
-                "wire_resistance": Figure.paper(tile.wire_resistance_ohm, "ohm", "aihwkit IOParameters.ir_drop_g_ratio default (0.35 ohm per cell)"),
-                "read_voltage": Figure.paper(energy.read_voltage_v, "V", "aihwkit IOParametersIRDropT.ir_drop_v_read (HERMES core)"),
+                "output_noise": Figure.paper(tile.output_noise, "v_read*g_max", "Rasch et al., APL Mach. Learn. 1, 041102 (2023), IBM aihwkit: IOParameters.out_noise default"),
+                "wire_resistance": Figure.paper(tile.wire_resistance_ohm, "ohm", "Rasch et al., APL Mach. Learn. 1, 041102 (2023), IBM aihwkit: IOParameters.ir_drop_g_ratio default (0.35 ohm per cell)"),
+                "read_voltage": Figure.paper(energy.read_voltage_v, "V", "Rasch et al., APL Mach. Learn. 1, 041102 (2023), IBM aihwkit: IOParametersIRDropT.ir_drop_v_read (HERMES core)"),
                 "stuck_at_gmin_rate": Figure.derived(tile.stuck_at_gmin_rate, "1", "?stuck_gmin option (default an assumed illustrative rate)"),
                 "stuck_at_gmax_rate": Figure.derived(tile.stuck_at_gmax_rate, "1", "?stuck_gmax option (default an assumed illustrative rate)"),
             },
@@ -383,7 +383,7 @@ class MemristorDevice(Device):
             return sizes[-2]
         w = op.param("weight").shape
         out = self._conv_out(sizes[2:], w[2:], op)
-        return sizes[0] * out[0] * out[1]
+        return sizes[0] * max(out[0], 1) * max(out[1], 1)  # open spatial sizes count as one output pixel
 
     @staticmethod
     def _conv_out(size, kernel, op: OpSpec) -> tuple[int, int]:

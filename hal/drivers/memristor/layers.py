@@ -73,6 +73,13 @@ class _AnalogLayer:
             self._programmed_key = self._key()
         return self._program
 
+    def reprogram(self) -> None:
+        """Give this layer's tiles back; the next eval-mode forward programs the weight again (a new device draw)."""
+        release = getattr(self._program, "release", None)  # MemristorProgram frees its tiles; other hosts may not
+        if release is not None and self._program.valid:
+            release()
+        self._program = None
+
     def _noisy_weight(self) -> torch.Tensor:
         if self.noise_scale == 0:
             return self.weight
