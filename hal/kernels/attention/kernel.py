@@ -105,7 +105,7 @@ class AttentionKernel:
         arch = self._arch(q.device)
         fwd, dkdv, dq = (arch.forward[self.head_dim], arch.backward_dkdv[self.head_dim],
                          arch.backward_dq[self.head_dim])
-        if q.device.type != "cuda" or not self.autotune or (len(fwd) == len(dkdv) == len(dq) == 1):
+        if q.device.type != "cuda" or (len(fwd) == len(dkdv) == len(dq) == 1):
             return fwd[0], dkdv[0], dq[0]
         import triton.testing
 
@@ -116,6 +116,16 @@ class AttentionKernel:
         scale = self.head_dim ** -0.5
 
         def best(candidates, run, kernel):
+            if not self.autotune:
+                # the first candidate that builds: some exceed shared memory once a score mod adds live tensors
+                errors = {}
+                for c in candidates:
+                    try:
+                        run(c)
+                        return c
+                    except Exception as e:
+                        errors[str(tuple(c.__dict__.values()))] = repr(e)[:200]
+                raise RuntimeError(f"no {kernel} tile config compiled for {tuple(q.shape)}: {errors}")
             if len(candidates) == 1:
                 return candidates[0]
             times, errors = [], {}
