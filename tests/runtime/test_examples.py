@@ -1,0 +1,54 @@
+"""The runtime examples run end to end on a machine with only the CPU (other devices hidden)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import hal
+from hal.device import DeviceInfo
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    cpu = DeviceInfo("cpu:0", "cpu", True)
+    monkeypatch.setattr(hal, "devices", lambda *a, **k: [cpu])
+
+
+def test_hybrid_digits_on_cpu_only(cpu_only, capsys, tmp_path):
+    load("hybrid_digits").main(["--policy", "energy", "--plot", str(tmp_path / "p.png")])
+    out = capsys.readouterr().out
+    assert "one-layer-per-paradigm placement skipped" in out
+    row = next(line for line in out.splitlines() if line.startswith("energy "))
+    accuracy, float_accuracy = (float(v) for v in row.split()[1:3])
+    assert accuracy == float_accuracy > 0.9
+    assert (tmp_path / "p_energy.png").is_file()
+
+
+def test_hybrid_jamba_on_cpu_only(cpu_only, capsys):
+    load("hybrid_jamba").main(["--policy", "accuracy"])
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("policy accuracy"))
+    assert "attention on cpu:0, selective_scan on cpu:0" in line
+    assert float(line.split("float64 ")[1].split()[0]) < 1e-5
+
+
+def test_available_devices_skips_board_transports_and_notes_failures(monkeypatch):
+    from hal.runtime import available_devices
+
+    infos = [DeviceInfo("cpu:0", "cpu", True), DeviceInfo("serial:0", "serial", True), DeviceInfo("nosuch:0", "nosuch", True)]
+    monkeypatch.setattr(hal, "devices", lambda *a, **k: infos)
+    devices, notes = available_devices()
+    assert [str(d) for d in devices] == ["cpu:0"]
+    assert len(notes) == 1 and notes[0].startswith("nosuch:0 was probed available but did not open")
