@@ -1,0 +1,16 @@
+"""IBM quantum driver: IBM Quantum processors, their fake snapshots and the ideal Aer simulator.
+
+    import hal
+    d = hal.device("ibm_qpu:fake_manila")
+    program = d.prepare_circuit(circuit, observables)      # expectation: rows of parameter values in, one job out
+    values, std_errors = program(torch.tensor(parameter_rows))
+
+qiskit is imported only when a device is opened or probed, so ``import hal`` works without it.
+"""
+
+from hal.drivers.ibm_qpu.driver import IbmQpuDevice
+from hal.drivers.ibm_qpu.layer import QuantumLayer, angle_encoding_circuit
+from hal.drivers.ibm_qpu.primitives import Circuit, counts
+from hal.drivers.ibm_qpu.solvers import QaoaResult, VqeResult, maxcut_qubo, qaoa_maxcut, qubo_minimize, vqe
+
+__all__ = ["Circuit", "IbmQpuDevice", "QaoaResult", "QuantumLayer", "VqeResult", "angle_encoding_circuit", "counts", "maxcut_qubo", "qaoa_maxcut", "qubo_minimize", "vqe"]

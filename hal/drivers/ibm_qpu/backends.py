@@ -1,0 +1,94 @@
+"""Which IBM quantum backends exist here and how to open one by its hal name.
+
+Three families, one naming scheme (the index of ``ibm_qpu:<name>``):
+
+- ``aer``: the ideal (noiseless) Aer simulator.
+- ``fake_<device>``: the snapshots of real IBM processors that ship with qiskit-ibm-runtime (coupling map,
+  basis gates, calibration with T1/T2 and errors), run locally on Aer with a noise model built from the
+  snapshot. Listing them reads the snapshot files only; the noise model is built on the first job and
+  kept by the backend object, which the device holds for its lifetime.
+- any other name: a real IBM Quantum processor of the configured account.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+IDEAL_SIMULATOR = "aer"
+FAKE_PREFIX = "fake_"
+
+
+@dataclass(frozen=True)
+class BackendRef:
+    """A backend found here: its hal name, its family, and how many qubits it has (None when unknown without importing)."""
+
+    name: str
+    family: str
+    num_qubits: int | None
+
+
+def _snapshot_dir() -> Path | None:
+    """Folder of the fake backend snapshots inside the installed qiskit-ibm-runtime, found without importing it."""
+    spec = importlib.util.find_spec("qiskit_ibm_runtime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "fake_provider" / "backends"
+    return folder if folder.is_dir() else None
+
+
+def _snapshots() -> dict[str, Path]:
+    """Fake backend name (``fake_<folder>``) -> its configuration file, one per snapshot folder."""
+    folder = _snapshot_dir()
+    if folder is None:
+        return {}
+    found = {}
+    for conf in sorted(folder.glob("*/conf_*.json")):
+        found[f"{FAKE_PREFIX}{conf.parent.name}"] = conf
+    return found
+
+
+def fake_backend_names() -> list[str]:
+    """Names of every fake backend shipped with the installed qiskit-ibm-runtime (``fake_torino``...).
+
+    Read from the snapshot folders, not by importing qiskit: probing stays cheap (no noise model, no
+    import of the qiskit stack in the registry's probe thread).
+    """
+    return sorted(_snapshots())
+
+
+def local_backends() -> list[BackendRef]:
+    """The ideal simulator and every fake backend, with qubit counts read from the snapshots' configuration files."""
+    refs = [BackendRef(IDEAL_SIMULATOR, "ideal simulator", None)]
+    for name, conf in _snapshots().items():
+        n_qubits = json.loads(conf.read_text(encoding="utf-8")).get("n_qubits")
+        refs.append(BackendRef(name, "fake backend", int(n_qubits) if n_qubits is not None else None))
+    return refs
+
+
+def fake_backend(name: str) -> Any:
+    """A new fake backend object; KeyError if there is no such snapshot.
+
+    Some snapshots warn on construction that their figures are illustrative (fake_nighthawk); the
+    warning is kept out of hal's output and the fact is in the device notes instead.
+    """
+    import qiskit_ibm_runtime.fake_provider as fake_provider
+    from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
+
+    for obj in vars(fake_provider).values():
+        if isinstance(obj, type) and issubclass(obj, FakeBackendV2) and getattr(obj, "backend_name", None) == name:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return obj()
+    raise KeyError(name)
+
+
+def ideal_simulator() -> Any:
+    """The noiseless Aer simulator (automatic method: statevector for these circuits)."""
+    from qiskit_aer import AerSimulator
+
+    return AerSimulator(method="automatic")
