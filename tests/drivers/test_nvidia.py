@@ -412,3 +412,32 @@ def test_float32_mode_restores_the_process_setting():
     with matmul.float32_mode(False):
         assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+
+
+# --------------------------------------------------------------------------- the CLI over a simulated GPU
+
+
+def test_cli_query_and_watch_on_a_simulated_b200(monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from hal import registry
+    from hal.cli import app
+
+    monkeypatch.setattr(registry, "_probed", {})  # keep simulated probe results out of other tests
+    runner = CliRunner()
+    with simulated(B200):
+        try:
+            query = runner.invoke(app, ["query", "blackwell:0", "--json"])
+            watch = runner.invoke(app, ["query", "blackwell:0", "--watch", "0.01", "--count", "2"], env={"COLUMNS": "250"})
+        finally:
+            opened = registry._open.get("blackwell:0")
+            if opened is not None:
+                opened.close()
+    assert query.exit_code == 0, query.output
+    document = json.loads(query.output)
+    validate(document)
+    assert document["sections"]["gpu"]["sm_count"] == 148
+    assert watch.exit_code == 0, watch.output
+    assert "power_w" in watch.output and "72.0" in watch.output
