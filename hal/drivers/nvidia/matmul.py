@@ -78,7 +78,11 @@ def expected_error(precision: str, dtype: torch.dtype, reduction_length: int, op
 
 @contextmanager
 def float32_mode(tf32: bool) -> Iterator[None]:
-    """Run float32 matmuls and convolutions in TF32 (``True``) or full IEEE float32 (``False``), then restore."""
+    """Run float32 matmuls and convolutions in TF32 (``True``) or full IEEE float32 (``False``), then restore.
+
+    torch has no per-call switch, so this sets the process-wide ``fp32_precision`` flags for the duration of the
+    call (about 2 us when they differ from the wanted mode); threads computing float32 meanwhile see it too.
+    """
     want = "tf32" if tf32 else "ieee"
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     before = (matmul.fp32_precision, conv.fp32_precision)
