@@ -106,7 +106,7 @@ class HilRecord:
     failure: str = ""
     attachments: dict[str, Any] = field(default_factory=dict)
 
-    def measure(self, name: str, value: float | int | str | bool, units: str = "", low: float | None = None,
+    def measure(self, name: str, value: float | str | bool, units: str = "", low: float | None = None,
                 high: float | None = None, docstring: str = "") -> bool:
         """Record a measurement; returns whether it is within its limits (the test fails at its end if not)."""
         m = Measurement(name, value, units, low, high, docstring)
@@ -223,10 +223,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    fixtures = {"hil_device", "hil_board", "hil_record", "hil_target"}
     for item in items:
-        if {"hil_device", "hil_board", "hil_record", "hil_target"} & set(getattr(item, "fixturenames", ())):
-            if item.get_closest_marker("hil") is None:
-                item.add_marker(pytest.mark.hil)
+        if fixtures & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("hil") is None:
+            item.add_marker(pytest.mark.hil)
 
 
 @pytest.fixture(scope="session")

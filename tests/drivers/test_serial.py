@@ -21,7 +21,7 @@ from hal.drivers.serial.faults import FaultPlan
 from hal.drivers.serial.firmware import BoardConfig, Firmware, read_array
 from hal.drivers.serial.framing import FrameDecoder, crc32, encode_frame
 from hal.drivers.serial.protocol import Command, Message, Status
-from hal.drivers.serial.transport import InProcessLink, EmulatorSpec
+from hal.drivers.serial.transport import EmulatorSpec, InProcessLink
 from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput
 from hal.testing.conformance import DeviceConformance
 

@@ -31,7 +31,6 @@ from hal.drivers.serial.protocol import HEADER_BYTES, Command
 from hal.drivers.serial.transport import BITS_PER_BYTE, DEFAULT_BAUD
 
 
-
 class BoardLink(Protocol):
     """The board's end of a link."""
 
@@ -142,7 +141,8 @@ STREAM_GAP_S = 0.002
 class BoardServer:
     """Runs firmware on a link: receive (paced, faults applied), decode, answer (delayed, faults, paced)."""
 
-    def __init__(self, firmware: Firmware, link: BoardLink, plan: FaultPlan = FaultPlan(), baud: int = DEFAULT_BAUD):
+    def __init__(self, firmware: Firmware, link: BoardLink, plan: FaultPlan | None = None, baud: int = DEFAULT_BAUD):
+        plan = plan or FaultPlan()
         self.firmware = firmware
         self.link = link
         self.plan = plan

@@ -19,7 +19,6 @@ from hal.drivers.serial.framing import FrameDecoder, encode_frame, encoded_limit
 from hal.drivers.serial.protocol import Command, Message, ProtocolError, Status
 from hal.drivers.serial.transport import BITS_PER_BYTE, Link
 
-
 #: Each resend of a request waits this factor longer than the previous attempt (exponential backoff, as TCP
 #: retransmission does), so a board that is slow rather than deaf is not buried under copies of one request.
 BACKOFF = 2.0

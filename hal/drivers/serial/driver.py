@@ -146,7 +146,7 @@ class BoardDevice(Device):
             self.link = open_link(port, self.options["baud"], spec)
         except LinkLost as exc:
             raise DeviceUnavailable(str(self.uri), str(exc), "check the port name and that nothing else holds it (`hal doctor` lists ports)") from None
-        except Exception as exc:  # the in-process emulator could not host its device
+        except Exception as exc:  # noqa: BLE001 (the in-process emulator could not host its device: reported)
             raise DeviceUnavailable(str(self.uri), f"the board emulator failed to start: {type(exc).__name__}: {exc}", f"check that hal.device('{self.kind}:0') opens") from None
         self.client = BoardClient(self.link, self.options["timeout_s"], self.options["retries"], self.options["window"])
         try:
@@ -356,13 +356,15 @@ class BoardDevice(Device):
                 resident = Resident(b3[0].T.contiguous().numpy(), None, False)
                 y = self._call(lambda: self._mvm(resident, a3.reshape(-1, a.shape[-1]).numpy()))
                 return torch.from_numpy(y).reshape(*batch, a.shape[-2], b.shape[-1])
-            outs = []
-            for ai, bi in zip(a3, b3):
-                resident = Resident(bi.T.contiguous().numpy(), None, False)
-                outs.append(torch.from_numpy(self._call(lambda r=resident, x=ai.numpy(): self._mvm(r, x))))
+            outs = [torch.from_numpy(self._matmul_one(ai.numpy(), bi.numpy())) for ai, bi in zip(a3, b3)]
             return torch.stack(outs).reshape(*batch, a.shape[-2], b.shape[-1])
 
         return Program(op, self, self.estimate(op), run_matmul)
+
+    def _matmul_one(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a @ b with b (K, N) programmed as an N x K matrix and a's rows streamed through it."""
+        resident = Resident(np.ascontiguousarray(b.T), None, False)
+        return self._call(lambda: self._mvm(resident, a))
 
     def _call(self, action):
         """Run a board action holding the link; a reboot is recovered from, link and board failures become hal errors."""

@@ -98,7 +98,7 @@ class EmulatorLink(Link):
 
     def __init__(self, spec: EmulatorSpec):
         self.spec = spec
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the process; closed in _stop)
         command = [sys.executable, "-m", "hal.drivers.serial.board", "--kind", spec.kind, "--pty", "--baud", str(spec.baud)]
         if spec.device_options:
             command += ["--device-options", spec.device_options]
