@@ -88,6 +88,15 @@ def device_scope(uri: str | Device) -> Iterator[Device]:
         _current.reset(token)
 
 
+def __getattr__(name: str):
+    """``hal.runtime`` is imported on first use, so ``import hal`` stays light."""
+    if name == "runtime":
+        import importlib
+
+        return importlib.import_module("hal.runtime")
+    raise AttributeError(f"module 'hal' has no attribute {name!r}")
+
+
 __all__ = [
     "Capabilities", "CapacityExceeded", "Check", "Cost", "DTypeError", "Device", "DeviceFailure", "DeviceInfo",
     "DeviceMismatch", "DeviceURI", "DeviceUnavailable", "Figure", "HalError", "InvalidInput", "OpSpec", "OpSupport",

@@ -171,3 +171,10 @@ def test_driver_check_refusal_is_honoured(monkeypatch):
     assert not support and support.reason == "only 4 tiles fit"
     with pytest.raises(UnsupportedOp, match="4 tiles"):
         d.prepare(OpSpec("relu", [torch.randn(3)]))
+
+
+def test_runtime_is_reachable_from_a_plain_import():
+    import importlib
+
+    fresh = importlib.import_module("hal")
+    assert callable(fresh.runtime.plan)
