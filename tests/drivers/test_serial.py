@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 from dataclasses import replace
 
 import numpy as np
@@ -287,7 +289,7 @@ def test_hosted_device_options_pass_through() -> None:
         d.close()
 
 
-def test_socket_transport_and_handshake_discovery() -> None:
+def test_socket_transport_and_handshake_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
     board = subprocess.Popen([sys.executable, "-m", "hal.drivers.serial.board", "--kind", "cpu", "--tcp", "0", "--baud", "0"],
                              stdout=subprocess.PIPE, text=True)
     try:
@@ -297,6 +299,16 @@ def test_socket_transport_and_handshake_discovery() -> None:
         assert identity["model"] == "cpu-board-emulator" and capabilities["kind"] == "cpu"
         with pytest.raises(DeviceUnavailable, match="is a 'cpu' board, not 'memristor'"):
             BoardDevice(f"memristor:0?port={url}", kind="memristor")
+        silent_master, silent = os.openpty()  # a port where nothing answers
+        ports = [SimpleNamespace(device=os.ttyname(silent), description="silent", hwid="pty"), SimpleNamespace(device=url, description="board", hwid="tcp")]
+        monkeypatch.setattr(discovery.list_ports, "comports", lambda: ports)
+        try:
+            reports = {r.description: r for r in discovery.scan(timeout_s=0.3)}
+        finally:
+            os.close(silent_master)
+            os.close(silent)
+        assert reports["board"].answered and reports["board"].kind == "cpu"
+        assert not reports["silent"].answered and "no answer" in reports["silent"].problem
         d = BoardDevice(f"cpu:0?port={url}", kind="cpu")
         try:
             assert d.capabilities.identity["transport"] == "socket"

@@ -195,6 +195,8 @@ class Firmware:
             return self._answer(request, fault.status, str(fault).encode())
         except ProtocolError as exc:
             return self._answer(request, Status.MALFORMED, str(exc).encode())
+        except Exception as exc:  # noqa: BLE001 (firmware never dies on a request: the host is told what failed)
+            return self._answer(request, Status.DEVICE_ERROR, f"{type(exc).__name__}: {exc}".encode())
 
     # ---- commands
     def _cmd_hello(self, payload: bytes) -> bytes:
