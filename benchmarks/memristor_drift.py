@@ -171,7 +171,7 @@ def plot(summary: dict, digital: float, path: Path) -> None:
         ax.plot(positions, [per_time[label] * 100 for label in TIMES], style, marker=marker, label=name)
     ax.axhline(digital * 100, color="black", linewidth=0.8, label="digital (float32)")
     ax.set_xticks(positions, list(TIMES))
-    ax.set_xlabel("time after programming (t0 = 20 s after the write)")
+    ax.set_xlabel("read time after t0 (t0 = 20 s after programming)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("sklearn digits MLP on the emulated PCM crossbar")
     ax.grid(alpha=0.3)
@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps (full batch)")
     parser.add_argument("--hwa-steps", type=int, default=400, help="hardware-aware fine-tuning steps")
     parser.add_argument("--noise-scale", type=float, default=1.0, help="training noise in units of the PCM model's std")
+    parser.add_argument("--noise-age", type=float, default=86400.0, help="seconds after t0 whose noise (read noise, drift spread) training injects")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--aihwkit-worker", nargs=2, metavar=("DATA", "OUT"))
     args = parser.parse_args()
@@ -212,9 +213,10 @@ def main() -> None:
     x_train, x_test = torch.tensor(x_train, dtype=torch.float32), torch.tensor(x_test, dtype=torch.float32)
     y_train, y_test = torch.tensor(y_train), torch.tensor(y_test)
 
+    torch.manual_seed(0)  # the initial weights
     plain = train(x_train, y_train, mlp(), args.steps, 1e-2, seed=0)
     digital = accuracy(plain, x_test, y_test)
-    hwa = convert(plain, "memristor:0", noise_scale=args.noise_scale)
+    hwa = convert(plain, "memristor:0", noise_scale=args.noise_scale, noise_age_s=args.noise_age)
     hwa = train(x_train, y_train, hwa, args.hwa_steps, 3e-3, seed=1)
     hwa_digital = accuracy(nn.Sequential(*[_digital_twin(m) for m in hwa]), x_test, y_test)
 

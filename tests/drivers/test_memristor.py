@@ -318,3 +318,35 @@ def test_grouped_conv_layer_matches_torch_when_ideal():
     analog.eval()
     with torch.no_grad():
         assert rel(analog(x), layer(x)) < 1e-5
+
+
+@pytest.mark.gpu
+def test_cuda_emulation_matches_the_cpu_model():
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU")
+    ideal = fresh("memristor:0?compute=cuda&ideal=1")
+    x, w, b = torch.randn(64, 300), torch.randn(40, 300), torch.randn(40)
+    assert rel(ideal.linear(x, w, b), x.double() @ w.double().T + b.double()) < 1e-5
+    noisy = fresh("memristor:0?compute=cuda&seed=2")
+    y = noisy.linear(x.cuda(), w.cuda(), b.cuda())
+    assert y.is_cuda and rel(y, x.double() @ w.double().T + b.double()) < noisy.capabilities.ops["linear"].tolerance["float32"]
+    xc, wc = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    assert rel(ideal.conv2d(xc, wc, None, padding=1), torch.nn.functional.conv2d(xc.double(), wc.double(), padding=1)) < 1e-5
+
+
+class TestConformanceCuda(DeviceConformance):
+    uri = "memristor:0?seed=0&compute=cuda"
+    pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+
+
+def test_training_noise_grows_with_the_deployment_age():
+    from hal.drivers.memristor.layers import weight_noise_std
+
+    w = torch.randn(8, 32)
+    config = CrossbarConfig()
+    at_t0 = weight_noise_std(w, config)
+    after_a_day = weight_noise_std(w, config, age_s=86400.0)
+    assert (after_a_day > at_t0).all()
+    assert torch.allclose(weight_noise_std(w, config, scale=2.0), 2 * at_t0)
+    largest = w.abs().argmax(dim=1)  # the largest weight of each row sits at g_max: programming std 1.055 uS of 25
+    assert at_t0[torch.arange(8), largest] / w.abs().amax(dim=1) > 1.055 / 25

@@ -255,7 +255,7 @@ class MemristorDevice(Device):
             write_verify={
                 "iterations": Figure.derived(tile.write_verify_iterations, "rounds", "?write_verify option (iterative programming: Joshi et al., Nat. Commun. 2020)"),
                 "tolerance": Figure.derived(tile.write_verify_tolerance_us, "uS", "?tolerance_us option (design choice)"),
-                "pulse_energy": Figure.paper(energy.program_pulse_energy_j, "J", "100 uA x 1 V x 100 ns; orders of magnitude from Wong et al., Proc. IEEE 98, 2201 (2010)"),
+                "pulse_energy": Figure.derived(energy.program_pulse_energy_j, "J", "100 uA x 1 V x 100 ns (orders of magnitude of PCM pulses reviewed by Wong et al., Proc. IEEE 98, 2201, 2010)"),
             },
             read_age=Figure.derived(self.options["t"], "s", "?t option: seconds after t0 = 20 s"),
         )
@@ -269,6 +269,7 @@ class MemristorDevice(Device):
             deterministic=False,
             peak={"mac_per_s": rate},
             energy={
+                "j_per_mac_full_tile": self._energy_per_mac(),
                 "adc_j_per_conversion": section.converters.adc_energy_per_conversion,
                 "dac_j_per_bit": section.converters.dac_energy_per_bit,
                 "program_j_per_pulse": section.write_verify["pulse_energy"],
@@ -278,6 +279,18 @@ class MemristorDevice(Device):
                 f"worst measured relative error per reduction length: {', '.join(f'K={k}: {e:.3g}' for k, e in self.calibration().items())}",
                 "NaN/inf inputs are refused; inputs beyond a static DAC range are clipped and counted in Program.stats.dac_clipped",
             ],
+        )
+
+    def _energy_per_mac(self) -> Figure:
+        """Read energy per multiply-accumulate of one full tile: inputs at half range, device pairs at 0.3 g_max."""
+        tile = self.config.tile
+        pair_us = 0.3 * (tile.g_max_us - tile.g_min_us) + 2 * tile.g_min_us
+        counters = expected_read_counters(self.config, 1, 1, tile.rows, tile.cols, pair_us)
+        return Figure.derived(
+            counters.energy_j / (tile.rows * tile.cols),
+            "J/MAC",
+            "(v_read^2 * 0.3 g_max * 1/2 * t_pulse * rows * cols + DAC + ADC energy) / (rows * cols)",
+            "array and converters only; IBM's HERMES core measured 10.5 TOPS/W with its digital periphery (JSSC 2022)",
         )
 
     # ------------------------------------------------------------------ sizes and capacity

@@ -30,11 +30,17 @@ def program_attempt(g_target_us: torch.Tensor, sigma_us: torch.Tensor, generator
     return (g_target_us + sigma_us * _normal(g_target_us, generator)).clamp_(min=0.0)
 
 
-def drift_exponents(g_target_us: torch.Tensor, g_max_us: float, pcm: PcmStatistics, generator: torch.Generator) -> torch.Tensor:
-    """Per-device drift exponents nu ~ |N(mu(g), sigma(g))| (device-to-device variation of the power law)."""
+def drift_exponent_statistics(g_target_us: torch.Tensor, g_max_us: float, pcm: PcmStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and device-to-device std of the drift exponent at each target conductance."""
     log_g = torch.log((g_target_us.abs() / g_max_us).clamp(min=1e-7))
     mu = (pcm.drift_mu_slope * log_g + pcm.drift_mu_intercept).clamp(*pcm.drift_mu_range)
     sigma = (pcm.drift_sigma_slope * log_g + pcm.drift_sigma_intercept).clamp(*pcm.drift_sigma_range)
+    return mu, sigma
+
+
+def drift_exponents(g_target_us: torch.Tensor, g_max_us: float, pcm: PcmStatistics, generator: torch.Generator) -> torch.Tensor:
+    """Per-device drift exponents nu ~ |N(mu(g), sigma(g))| (device-to-device variation of the power law)."""
+    mu, sigma = drift_exponent_statistics(g_target_us, g_max_us, pcm)
     return (mu + sigma * _normal(g_target_us, generator)).abs()
 
 
