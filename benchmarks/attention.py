@@ -14,8 +14,8 @@ a float64 reference at B=1, H=2 (the full S x S matrix in float64 fits there up 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import platform
 import sys
 import time
@@ -112,6 +112,35 @@ def reference_check(name: str, pattern: patterns.Pattern, seq: int) -> dict:
     return res
 
 
+def measure(rows: list[dict], base: dict, tensors: tuple, do_bwd: bool, impl: str, fwd: Callable[[], torch.Tensor],
+            extra: dict | None = None) -> None:
+    """Time ``fwd`` (and forward+backward) twice each and append a row; a failure is recorded, not raised."""
+    q, k, v, do = tensors
+    fwd_flop = base["fwd_flop"]
+    row = dict(base, impl=impl, **(extra or {}))
+
+    def fwd_bwd():
+        fwd().backward(do)
+
+    try:
+        # each measurement twice: the spread between the two says what difference is noise
+        with torch.no_grad():
+            row["fwd_ms_runs"] = [bench(fwd), bench(fwd)]
+        row["fwd_ms"] = sum(row["fwd_ms_runs"]) / 2
+        row["fwd_tflops"] = fwd_flop / row["fwd_ms"] / 1e9
+        if do_bwd:
+            row["fwdbwd_ms_runs"] = [bench(fwd_bwd, grad_to_none=[q, k, v]), bench(fwd_bwd, grad_to_none=[q, k, v])]
+            row["fwdbwd_ms"] = sum(row["fwdbwd_ms_runs"]) / 2
+            row["fwdbwd_tflops"] = 3.5 * fwd_flop / row["fwdbwd_ms"] / 1e9
+    except Exception as e:  # noqa: BLE001  (report, never hide: a failing alternative is a result too)
+        row["error"] = repr(e)[:300]
+        torch.cuda.empty_cache()
+    rows.append(row)
+    print(f"{base['pattern']:20s} S={base['seq']:6d} {impl:8s} fwd {row.get('fwd_ms', float('nan')):8.3f} ms "
+          f"{row.get('fwd_tflops', float('nan')):6.1f} TF/s  fwd+bwd {row.get('fwdbwd_ms', float('nan')):8.3f} ms "
+          f"{row.get('fwdbwd_tflops', float('nan')):6.1f} TF/s {row.get('error', '')}", flush=True)
+
+
 def run_seq(seq: int, names: list[str], flex, create_block_mask, do_flex: bool, do_bwd: bool) -> list[dict]:
     batch = max(1, 16384 // seq)
     specs = pattern_specs(seq)
@@ -132,48 +161,28 @@ def run_seq(seq: int, names: list[str], flex, create_block_mask, do_flex: bool, 
                 "pairs_per_head": pairs, "density": pairs / seq ** 2, "fwd_flop": fwd_flop,
                 "fwdbwd_flop": 3.5 * fwd_flop}
 
-        def record(impl: str, fwd, extra: dict | None = None):
-            row = dict(base, impl=impl, **(extra or {}))
-            try:
-                # each measurement twice: the spread between the two says what difference is noise
-                with torch.no_grad():
-                    row["fwd_ms_runs"] = [bench(fwd), bench(fwd)]
-                row["fwd_ms"] = sum(row["fwd_ms_runs"]) / 2
-                row["fwd_tflops"] = fwd_flop / row["fwd_ms"] / 1e9
-                if do_bwd:
-                    def fb():
-                        fwd().backward(do)
-                    row["fwdbwd_ms_runs"] = [bench(fb, grad_to_none=[q, k, v]), bench(fb, grad_to_none=[q, k, v])]
-                    row["fwdbwd_ms"] = sum(row["fwdbwd_ms_runs"]) / 2
-                    row["fwdbwd_tflops"] = 3.5 * fwd_flop / row["fwdbwd_ms"] / 1e9
-            except Exception as e:  # report, never hide: a failing alternative is a result too
-                row["error"] = repr(e)[:300]
-                torch.cuda.empty_cache()
-            rows.append(row)
-            print(f"{name:20s} S={seq:6d} {impl:8s} fwd {row.get('fwd_ms', float('nan')):8.3f} ms "
-                  f"{row.get('fwd_tflops', float('nan')):6.1f} TF/s  fwd+bwd {row.get('fwdbwd_ms', float('nan')):8.3f} ms "
-                  f"{row.get('fwdbwd_tflops', float('nan')):6.1f} TF/s {row.get('error', '')}", flush=True)
-
         t0 = time.time()
         attn = compile_attention(pattern, head_dim=HEAD_DIM, dtype=DTYPE)
         with torch.no_grad():
             ours = attn(q, k, v)
         fc, dkc, dqc = attn.configs_for(q, k)
         bm = attn.block_map(q, k, fc.block_m, fc.block_n)
-        record("ours", lambda: attn(q, k, v),
+        record = functools.partial(measure, rows, base, (q, k, v, do), do_bwd)
+        record("ours", functools.partial(attn, q, k, v),
                {"setup_s": time.time() - t0, "tuning": attn.tuning_log[-3:], "config_fwd": fc.__dict__, "config_dkdv": dkc.__dict__,
                 "config_dq": dqc.__dict__, "tiles_visited_fraction": bm.visited_fraction})
         if do_flex:
             try:
                 t0 = time.time()
+                torch.cuda.empty_cache()  # give Flex's dense block-mask construction the memory our caches hold
                 block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=seq, KV_LEN=seq, device="cuda")
                 with torch.no_grad():
                     theirs = flex(q, k, v, block_mask=block_mask)
                 err = rel_err(ours, theirs)
-                record("flex", lambda: flex(q, k, v, block_mask=block_mask),
+                record("flex", functools.partial(flex, q, k, v, block_mask=block_mask),
                        {"setup_s": time.time() - t0, "rel_err_vs_ours": err})
                 del theirs, block_mask
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (recorded in the result)
                 rows.append(dict(base, impl="flex", error=repr(e)[:300]))
                 print(f"{name} S={seq} flex failed: {e!r}"[:300], flush=True)
                 torch.cuda.empty_cache()
@@ -186,7 +195,7 @@ def run_seq(seq: int, names: list[str], flex, create_block_mask, do_flex: bool, 
                 try:
                     with torch.no_grad():
                         err = rel_err(ours, sdpa())
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001  (recorded in the result)
                     rows.append(dict(base, impl=impl, error=repr(e)[:300]))
                     continue
                 record(impl, sdpa, {"rel_err_vs_ours": err})
@@ -218,8 +227,9 @@ def sweep(spec: str, names: list[str], seqs: list[int]) -> list[dict]:
                     out, _ = attn.forward(q, k, v, HEAD_DIM ** -0.5, c)
                     ref = out if ref is None else ref
                     row["rel_err_vs_first"] = rel_err(out, ref)
-                    row["fwd_ms"] = [bench(lambda: attn.forward(q, k, v, HEAD_DIM ** -0.5, c)) for _ in range(2)]
-                except Exception as e:
+                    run = functools.partial(attn.forward, q, k, v, HEAD_DIM ** -0.5, c)
+                    row["fwd_ms"] = [bench(run) for _ in range(2)]
+                except Exception as e:  # noqa: BLE001  (recorded in the result)
                     row["error"] = repr(e)[:200]
                 rows.append(row)
                 print("sweep", name, seq, tuple(c.__dict__.values()), row.get("fwd_ms"), row.get("error", ""),
@@ -303,14 +313,14 @@ def main() -> int:
             pattern = pattern_specs(4096)[name][0]
             try:
                 res = reference_check(name, pattern, 4096)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (recorded in the result)
                 res = {"pattern": name, "ok": False, "error": repr(e)[:300], "trace": traceback.format_exc()[-800:]}
             result["correctness"].append(res)
             print("check", res, flush=True)
     for seq in seqs:
         try:
             result["rows"] += run_seq(seq, names, flex, create_block_mask, not args.no_flex, not args.no_backward)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (recorded in the result)
             result["rows"].append({"seq": seq, "error": repr(e)[:300], "trace": traceback.format_exc()[-800:]})
             print(traceback.format_exc(), flush=True)
         torch.cuda.empty_cache()

@@ -15,10 +15,9 @@ CUDA = torch.cuda.is_available()
 if not CUDA and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from hal.kernels.attention import (PatternError, attention_reference, compile_attention,  # noqa: E402
-                                   dense_mask, patterns)
-from hal.kernels.attention.blockmap import EMPTY, FULL, PARTIAL, build_block_map  # noqa: E402
-from hal.kernels.attention.expr import d_dscore, evaluate  # noqa: E402
+from hal.kernels.attention import PatternError, attention_reference, compile_attention, dense_mask, patterns
+from hal.kernels.attention.blockmap import EMPTY, FULL, PARTIAL, build_block_map
+from hal.kernels.attention.expr import d_dscore, evaluate
 
 needs_kernel = pytest.mark.skipif(
     not (CUDA or os.environ.get("TRITON_INTERPRET") == "1"),
@@ -132,7 +131,7 @@ def test_unsupported_mask_mod_operation_is_named():
     with pytest.raises(PatternError, match="sin"):
         compile_attention(mask_mod=lambda b, h, q, kv: torch.sin(q) > 0, head_dim=32, dtype=torch.bfloat16)
     with pytest.raises(PatternError, match="control flow"):
-        compile_attention(mask_mod=lambda b, h, q, kv: q if q > kv else kv, head_dim=32, dtype=torch.bfloat16)
+        compile_attention(mask_mod=lambda b, h, q, kv: max(kv, q), head_dim=32, dtype=torch.bfloat16)
     with pytest.raises(PatternError, match="boolean"):
         patterns.Pattern(patterns.Q + 1)
 

@@ -76,7 +76,7 @@ def module_source(mask: Expr, score: Expr | None, n_tensors: int) -> str:
     """The full module text for this mask / score structure with ``n_tensors`` pattern tensor arguments."""
     targs = "".join(f"T{i}, T{i}_numel, " for i in range(n_tensors))
     # a mask that allows everything still returns a tile-shaped boolean
-    mask_expr = mask if not (mask.op == "const") else (var("q_idx") >= 0) & (var("kv_idx") >= 0)
+    mask_expr = mask if mask.op != "const" else (var("q_idx") >= 0) & (var("kv_idx") >= 0)
     score_expr = score if score is not None else var("score")
     dscore_expr = d_dscore(score_expr) if score is not None else const(1.0)
     parts = [_HEADER,

@@ -41,7 +41,7 @@ class Expr:
     * ``where``: ``args == (cond, if_true, if_false)``
     """
 
-    __slots__ = ("op", "args", "kind", "_key")
+    __slots__ = ("_key", "args", "kind", "op")
 
     def __init__(self, op: str, args: tuple, kind: str) -> None:
         self.op = op
@@ -107,7 +107,7 @@ def var(name: str) -> Expr:
     return Expr("var", (name,), kind)
 
 
-def const(value: bool | int | float) -> Expr:
+def const(value: bool | float) -> Expr:
     if isinstance(value, bool):
         return Expr("const", (value,), "b")
     if isinstance(value, int):

@@ -11,7 +11,7 @@ from . import configs as cfg
 from .blockmap import BlockMap, BlockMapCache, TileLists
 from .codegen import load_module, module_source
 from .expr import PatternError
-from .patterns import Pattern, ScoreMod, shift_slots, from_mask_mod, from_score_mod, full
+from .patterns import Pattern, ScoreMod, from_mask_mod, from_score_mod, full, shift_slots
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -123,7 +123,7 @@ class AttentionKernel:
                     try:
                         run(c)
                         return c
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001  (compile/resource errors come in many Triton types)
                         errors[str(tuple(c.__dict__.values()))] = repr(e)[:200]
                 raise RuntimeError(f"no {kernel} tile config compiled for {tuple(q.shape)}: {errors}")
             if len(candidates) == 1:
@@ -132,7 +132,7 @@ class AttentionKernel:
             for c in candidates:
                 try:
                     times.append(triton.testing.do_bench(lambda c=c: run(c), warmup=5, rep=25, return_mode="median"))
-                except Exception as e:  # a candidate this compiler/GPU cannot build is skipped, and logged
+                except Exception as e:  # noqa: BLE001  (a candidate this compiler/GPU cannot build is skipped, logged)
                     times.append(float("inf"))
                     errors[str(tuple(c.__dict__.values()))] = repr(e)[:200]
             self.tuning_log.append({"kernel": kernel, "q_shape": list(q.shape), "k_shape": list(k.shape),
@@ -196,7 +196,7 @@ class AttentionKernel:
         delta = torch.empty_like(lse)
         rows = lse.numel()
         block = 64
-        self.module.attention_backward_delta[(triton_cdiv(rows, block),)](
+        self.module.attention_backward_delta[(_cdiv(rows, block),)](
             out, d_out, lse, d_lse if d_lse is not None else lse, delta, rows, HEAD_DIM=self.head_dim,
             BLOCK=block, HAS_DLSE=d_lse is not None, num_warps=4)
         return delta
@@ -239,7 +239,7 @@ class AttentionKernel:
         return f"AttentionKernel({self.pattern.name}{score}, head_dim={self.head_dim}, dtype={self.dtype})"
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 

@@ -82,19 +82,19 @@ class Pattern:
         """Structure plus tensor contents: equal keys give equal block maps."""
         return (self.mask.key(), self._tensors.fingerprints)
 
-    def _combine(self, other: "Pattern", op: str, sym: str) -> "Pattern":
+    def _combine(self, other: Pattern, op: str, sym: str) -> Pattern:
         if not isinstance(other, Pattern):
             raise PatternError(f"patterns combine with other patterns only, not {type(other).__name__}")
         shifted = shift_slots(other.mask, len(self.tensors))
         return Pattern(binary(op, self.mask, shifted), self.tensors + other.tensors, f"({self.name} {sym} {other.name})")
 
-    def __and__(self, other: "Pattern") -> "Pattern":
+    def __and__(self, other: Pattern) -> Pattern:
         return self._combine(other, "and", "&")
 
-    def __or__(self, other: "Pattern") -> "Pattern":
+    def __or__(self, other: Pattern) -> Pattern:
         return self._combine(other, "or", "|")
 
-    def __invert__(self) -> "Pattern":
+    def __invert__(self) -> Pattern:
         return Pattern(unary("not", self.mask), self.tensors, f"~{self.name}")
 
     def depends_on_batch(self) -> bool:
@@ -128,7 +128,7 @@ class ScoreMod:
     def key(self) -> tuple:
         return (self.score.key(), self._tensors.fingerprints)
 
-    def __rshift__(self, other: "ScoreMod") -> "ScoreMod":
+    def __rshift__(self, other: ScoreMod) -> ScoreMod:
         """``a >> b`` applies ``a`` first, then ``b`` to its result."""
         if not isinstance(other, ScoreMod):
             raise PatternError(f"score mods chain with other score mods only, not {type(other).__name__}")
