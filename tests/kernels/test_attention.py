@@ -229,6 +229,13 @@ def test_flex_style_callables_with_captured_tensor():
 
 
 @needs_kernel
+def test_batch_and_head_dependent_mask():
+    # batch 1 is dense, batch 0 causal; head 1 additionally sees only even distances
+    pattern = patterns.from_mask_mod(lambda b, h, q, kv: ((q >= kv) | (b == 1)) & (((q - kv) % 2 == 0) | (h == 0)))
+    check_against_reference(pattern, b=2, h=2, h_kv=2, s=64, d=16, dtype=torch.float16, seed=17)
+
+
+@needs_kernel
 @pytest.mark.parametrize("h,h_kv", [(4, 1), (4, 2), (2, 2)])
 def test_gqa_mqa(h, h_kv):
     check_against_reference(patterns.causal(), h=h, h_kv=h_kv, b=2, s=64, d=16, seed=h * 10 + h_kv)
