@@ -96,8 +96,8 @@ def test_host_inputs_are_moved_and_results_stay_on_the_gpu():
     torch.testing.assert_close(out.cpu(), x @ w.T, rtol=1e-4, atol=1e-4)
 
 
-def test_attention_runs_through_hals_kernel():
-    device = hal.device(first_gpu_uri())
+def test_attention_runs_through_hals_kernel_when_asked():
+    device = hal.device(first_gpu_uri("?attention=hal"))
     q, k, v = (torch.randn(2, 8, 256, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     program = device.prepare(OpSpec("attention", [q, k, v], attrs={"causal": True}))
     out = program(q, k, v)

@@ -6,10 +6,12 @@ with the right name. Options:
 
 - ``?matmul_precision=native|tf32|bf16|fp16|fp8`` (default native): the tensor-core policy of matmul, linear and
   conv2d (see ``matmul.py``); results keep the inputs' dtype.
-- ``?attention=hal|sdpa`` (default hal): attention through hal's Triton kernel (``hal.kernels.attention``) where
-  it supports the call (bf16/fp16, a head dim it has tiles for: 64/128/256, equal q/k lengths when causal,
-  Hopper or datacenter Blackwell),
-  torch's scaled_dot_product_attention otherwise.
+- ``?attention=sdpa|hal`` (default sdpa): the vocabulary's full/causal attention through torch's
+  scaled_dot_product_attention (cuDNN/flash back ends: measured faster than hal's kernel for these two dense masks
+  on an H100, see docs/nvidia.md), or through hal's Triton kernel (``hal.kernels.attention``) where it supports the
+  call (bf16/fp16, a head dim it has tiles for: 64/128/256, equal q/k lengths when causal, Hopper or datacenter
+  Blackwell), SDPA otherwise. Masked patterns (sliding window, documents, prefix-LM...) use
+  ``hal.kernels.attention.compile_attention`` directly.
 
 Inputs may be on the host or on this GPU: host tensors are copied to the GPU on every call (weights once, at
 prepare) and results stay on the GPU. Tensors on another GPU are refused with DeviceMismatch. Running out of GPU
@@ -95,7 +97,7 @@ class NvidiaDevice(Device):
 
     OPTIONS: ClassVar = {
         "matmul_precision": Option(choice({p: p for p in matmul.PRECISIONS}), "native", "the tensor-core policy of matmul/linear/conv2d: native, tf32, bf16, fp16 or fp8"),
-        "attention": Option(choice({"hal": "hal", "sdpa": "sdpa"}), "hal", "'hal' (hal's Triton attention kernel where it fits, else SDPA) or 'sdpa' (torch only)"),
+        "attention": Option(choice({"hal": "hal", "sdpa": "sdpa"}), "sdpa", "'sdpa' (torch's fused attention; the faster for dense full/causal masks) or 'hal' (hal's Triton attention kernel where it fits, else SDPA)"),
     }
     #: Human description of the GPUs this kind runs, for messages.
     family: ClassVar[str] = ""
