@@ -24,7 +24,7 @@ import torch
 import hal
 from hal import ops as vocabulary
 from hal.capability import validate
-from hal.device import Device, OpSpec
+from hal.device import Device, OpSpec, Program
 from hal.errors import DTypeError, HalError, ShapeError, UnsupportedOp
 from hal.testing.samples import Sample, default_sample, relative_error
 
@@ -109,14 +109,18 @@ class DeviceConformance:
                 device.prepare(OpSpec("matmul", [a, b]))
         assert "15" in str(caught.value) or "16" in str(caught.value), f"the error should name the mismatched sizes: {caught.value}"
 
-    def test_program_checks_its_inputs(self, device: Device) -> None:
+    def _first_program(self, device: Device) -> tuple[Program, Sample, torch.dtype]:
+        """A Program of the device's first declared vocabulary op, with its sample operands."""
         names = self._vocabulary_ops(device)
         if not names:
             pytest.skip(f"{device} declares no vocabulary op")
         name = names[0]
         dtype = getattr(torch, device.capabilities.ops[name].dtypes[0])
         sample = self.sample(name, dtype, self._generator())
-        program = device.prepare(OpSpec(name, sample.inputs, sample.params, sample.attrs), sample.params)
+        return device.prepare(OpSpec(name, sample.inputs, sample.params, sample.attrs), sample.params), sample, dtype
+
+    def test_program_checks_its_inputs(self, device: Device) -> None:
+        program, sample, dtype = self._first_program(device)
         wrong = [torch.zeros(*(s + 1 for s in sample.inputs[0].shape), dtype=dtype), *sample.inputs[1:]]
         with pytest.raises(ShapeError):
             program(*wrong)
@@ -124,13 +128,8 @@ class DeviceConformance:
             program(sample.inputs[0].to(torch.int32), *sample.inputs[1:])
 
     def test_program_is_reusable_and_repeatable(self, device: Device) -> None:
-        names = self._vocabulary_ops(device)
-        if not names:
-            pytest.skip(f"{device} declares no vocabulary op")
-        name = names[0]
-        dtype = getattr(torch, device.capabilities.ops[name].dtypes[0])
-        sample = self.sample(name, dtype, self._generator())
-        program = device.prepare(OpSpec(name, sample.inputs, sample.params, sample.attrs), sample.params)
+        program, sample, _ = self._first_program(device)
+        name = program.op.name
         seeded = not device.capabilities.deterministic
         if seeded:
             device.manual_seed(0)
