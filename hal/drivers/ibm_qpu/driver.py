@@ -224,7 +224,7 @@ class IbmQpuDevice(Device):
         )
 
     # ---- validation shared by supports() and prepare()
-    def _validate(self, op: OpSpec) -> None:
+    def _validate(self, op: OpSpec, count: bool = True) -> None:
         """Raise the specific hal error for bad input (wrong widths, too many shots, unsupported instructions)."""
         if op.name not in PARADIGM_OPS:
             return
@@ -249,7 +249,7 @@ class IbmQpuDevice(Device):
             raise InvalidInput("sample needs shots > 0")
         elif circuit.circuit.num_clbits == 0:
             raise InvalidInput("sample: the circuit measures nothing; add measurements (circuit.measure_all())")
-        self.transpiler.isa(circuit)
+        self.transpiler.isa(circuit, count=count)
 
     def _validate_qubo(self, op: OpSpec) -> None:
         if len(op.inputs) != 1 or len(op.inputs[0].shape) != 2 or op.inputs[0].shape[0] != op.inputs[0].shape[1] or op.inputs[0].shape[0] is None:
@@ -271,7 +271,7 @@ class IbmQpuDevice(Device):
 
     def _check(self, op: OpSpec) -> Support | None:
         try:
-            self._validate(op)
+            self._validate(op, count=False)
         except HalError as exc:
             return Support.no(str(exc))
         return None
@@ -314,7 +314,7 @@ class IbmQpuDevice(Device):
         circuit = op.attr("circuit")
         if op.name == "qubo_minimize" or not isinstance(circuit, Circuit):
             return Cost(float("inf"), float("inf") if not self.local else 0.0, 1.0, "qubo_minimize is an iterative QAOA optimisation: its cost depends on convergence; see docs/ibm_qpu.md")
-        isa = self.transpiler.isa(circuit)
+        isa = self.transpiler.isa(circuit, count=False)
         section = self.capabilities.sections["quantum"]
         shot_error = 0.0 if shots == 0 else 1.0 / math.sqrt(shots)
         if self.ideal:
@@ -367,7 +367,7 @@ class IbmQpuDevice(Device):
         if op.name == "qubo_minimize":
             return self._qubo_program(op)
         circuit: Circuit = op.attr("circuit")
-        isa = self.transpiler.isa(circuit)
+        isa = self.transpiler.isa(circuit, count=False)
         shots = self._op_shots(op)
         n_params = circuit.num_parameters
         cost = self.estimate(op)

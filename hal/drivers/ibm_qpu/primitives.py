@@ -132,11 +132,15 @@ class TranspileCache:
         self._isa: dict[str, Any] = {}
         self._pass_manager: Any = None
 
-    def isa(self, circuit: Circuit) -> Any:
-        """The ISA circuit of ``circuit`` (transpiled once per structure)."""
+    def isa(self, circuit: Circuit, count: bool = True) -> Any:
+        """The ISA circuit of ``circuit`` (transpiled once per structure).
+
+        ``count=False`` for the driver's own repeat lookups within one prepare, so that ``hits`` counts
+        requests served from the cache, not bookkeeping.
+        """
         cached = self._isa.get(circuit.key)
         if cached is not None:
-            self.hits += 1
+            self.hits += count
             return cached
         self.misses += 1
         target = self.backend.target

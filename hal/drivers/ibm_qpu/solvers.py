@@ -152,9 +152,22 @@ def _interp(values: np.ndarray) -> np.ndarray:
     return np.array([(i / p) * padded[i] + ((p - i) / p) * padded[i + 1] for i in range(p + 1)])
 
 
+@dataclass(frozen=True)
+class QaoaLevel:
+    """The optimum found at one QAOA depth p."""
+
+    reps: int
+    gammas: np.ndarray
+    betas: np.ndarray
+    expected_energy: float
+
+
 @dataclass
 class QaoaResult:
-    """Outcome of a QAOA run: best sampled assignment, its QUBO value, the QAOA expectation, the angles, the work done."""
+    """Outcome of a QAOA run: best sampled assignment, its QUBO value, the QAOA expectation, the angles, the work done.
+
+    ``levels`` holds the optimum of every depth on the way (p = 1 .. reps): its angles and expected value.
+    """
 
     x: np.ndarray
     energy: float
@@ -164,7 +177,7 @@ class QaoaResult:
     reps: int
     evaluations: int
     jobs: int
-    history: list[float] = field(default_factory=list)
+    levels: list[QaoaLevel] = field(default_factory=list)
 
 
 class _QaoaObjective:
@@ -206,7 +219,7 @@ def qubo_minimize(q: np.ndarray, device: Any, reps: int = 1, shots: int | None =
     if reps < 1:
         raise InvalidInput(f"qubo_minimize: reps (QAOA depth p) must be >= 1, got {reps}")
     evaluations = jobs = 0
-    history: list[float] = []
+    levels: list[QaoaLevel] = []
     angles = np.empty(0)
     for p in range(1, reps + 1):
         objective = _QaoaObjective(q, device, p, shots)
@@ -217,7 +230,7 @@ def qubo_minimize(q: np.ndarray, device: Any, reps: int = 1, shots: int | None =
             start = np.concatenate([_interp(angles[: p - 1]), _interp(angles[p - 1 :])])
         result = minimize(lambda a: float(objective(a)[0]), start, method="COBYLA", options={"maxiter": maxiter, "rhobeg": 0.2})
         angles = np.asarray(result.x)
-        history.append(float(result.fun))
+        levels.append(QaoaLevel(p, angles[:p].copy(), angles[p:].copy(), float(result.fun)))
         if p < reps:
             evaluations += objective.evaluations
             jobs += objective.jobs
@@ -227,7 +240,7 @@ def qubo_minimize(q: np.ndarray, device: Any, reps: int = 1, shots: int | None =
     best = int(np.argmin(values))
     evaluations += objective.evaluations
     jobs += objective.jobs + 1
-    return QaoaResult(bits[best], float(values[best]), expected, angles[:reps], angles[reps:], reps, evaluations, jobs, history)
+    return QaoaResult(bits[best], float(values[best]), expected, angles[:reps], angles[reps:], reps, evaluations, jobs, levels)
 
 
 def sample_qaoa(circuit: Any, rows: np.ndarray, device: Any, shots: int) -> np.ndarray:
