@@ -203,8 +203,11 @@ class LavaWorker:
             self._stderr = None
 
 
-def network_request(layers, spikes: np.ndarray, record_state: bool, hardware: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
-    """The run request for a list of engine ``LifLayer``s and one sample's (T, n_in) integer spikes."""
+def network_request(layers, spikes: np.ndarray, record_state: bool, hardware: bool = False, record_spikes: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """The run request for a list of engine ``LifLayer``s and one sample's (T, n_in) integer spikes.
+
+    ``record_spikes=False`` with ``record_state=False`` attaches no monitor (for timing lava alone).
+    """
     from hal.drivers.loihi2.engine import ConvSynapse
 
     specs = []
@@ -229,6 +232,6 @@ def network_request(layers, spikes: np.ndarray, record_state: bool, hardware: bo
         mant = lif.bias_mant if lif.bias_mant is not None else torch.zeros(lif.size, dtype=torch.int64)
         arrays[f"bias_mant{i}"] = mant.cpu().numpy().astype(np.int32)
         arrays[f"bias_exp{i}"] = torch.as_tensor(lif.bias_exp, dtype=torch.int64).expand(lif.size).numpy().astype(np.int32)
-    header = {"op": "run", "steps": int(spikes.shape[0]), "record_state": record_state, "hardware": hardware, "layers": specs}
+    header = {"op": "run", "steps": int(spikes.shape[0]), "record_state": record_state, "record_spikes": record_spikes, "hardware": hardware, "layers": specs}
     return header, arrays
 

@@ -7,7 +7,7 @@ Wire protocol, both directions: one JSON header line, then ``header["npz_bytes"]
 archive holding the arrays. Requests:
 
 - ``{"op": "ping"}`` -> versions, and whether lava-loihi (the hardware back end) is importable.
-- ``{"op": "run", "steps": T, "record_state": bool, "hardware": bool, "layers": [...]}`` with arrays
+- ``{"op": "run", "steps": T, "record_state": bool, "record_spikes": bool, "hardware": bool, "layers": [...]}`` with arrays
   ``input`` (T, n_in) and per layer ``weights{i}``, ``bias_mant{i}``, ``bias_exp{i}`` -> arrays ``spikes{i}`` (T, N) and, when
   asked, ``v{i}``/``u{i}`` (T, N), plus ``build_s``/``run_s`` timings in the header. A layer dict holds ``kind``
   ("dense" or "conv"), ``weight_exp``, ``num_message_bits``, ``du``, ``dv``, ``vth`` and, for
@@ -98,6 +98,7 @@ def build_and_run(header, arrays):
 
     steps = int(header["steps"])
     record_state = bool(header.get("record_state", False))
+    record_spikes = bool(header.get("record_spikes", True))
     layers = header["layers"]
     started = time.perf_counter()
     data = arrays["input"].astype(np.int32)  # (T, n_in)
@@ -147,7 +148,7 @@ def build_and_run(header, arrays):
         previous_kind = layer["kind"]
     monitors = []
     for lif, _ in lifs:
-        names = ["s_out", "v", "u"] if record_state else ["s_out"]
+        names = (["s_out"] if record_spikes or record_state else []) + (["v", "u"] if record_state else [])
         probes = {}
         for name in names:
             monitor = Monitor()
