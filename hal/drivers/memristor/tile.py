@@ -26,6 +26,7 @@ import torch
 from hal.drivers.memristor import pcm
 from hal.drivers.memristor.config import CrossbarConfig
 from hal.drivers.memristor.energy import SIEMENS_PER_US, ProgrammingReport, ReadCounters, read_counters
+from hal.drivers.memristor.rng import add_gaussian_
 
 #: Number of random +-1 reference vectors read per tile for global drift compensation.
 COMPENSATION_VECTORS = 16
@@ -292,7 +293,7 @@ class Crossbar:
         tile, effects = self.config.tile, self.config.effects
         step = self._adc_step()
         if effects.output_noise and tile.output_noise > 0:
-            currents = torch.normal(currents, tile.output_noise / step, generator=generator)
+            add_gaussian_(currents, tile.output_noise / step, generator)
         full_scale = tile.adc_full_scale / step
         low, high = torch.aminmax(currents)
         saturated = 0
