@@ -118,6 +118,16 @@ def test_expectation_is_exact_on_the_ideal_simulator_and_one_job_per_call():
         assert np.allclose(values[r].numpy(), exact, atol=1e-10)
 
 
+def test_sampled_jobs_on_the_ideal_simulator_take_any_gate_set():
+    # the runtime's executor primitives accept only IBM ISA gates: the ideal simulator lowers circuits to IDEAL_BASIS
+    from qiskit.circuit.library import real_amplitudes
+
+    d = hal.device("ibm_qpu:aer?shots=1000&seed=1")
+    qc = real_amplitudes(2, reps=1)
+    values, stds = d.prepare_circuit(qc, ["ZZ"])(torch.zeros(1, qc.num_parameters, dtype=torch.float64))
+    assert float(values[0, 0]) == pytest.approx(1.0) and set(d.transpiler.isa(Circuit(qc)).count_ops()) <= {"rz", "sx", "x", "cz"}
+
+
 def test_transpilation_is_cached_by_circuit_structure():
     d = fresh("ibm_qpu:fake_manila?seed=3")
     d.prepare_circuit(ansatz(3)[0], ["ZZZ"])

@@ -31,7 +31,7 @@ import torch
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, TensorSpec
 from hal.drivers.ibm_qpu import backends
-from hal.drivers.ibm_qpu.primitives import Circuit, Executor, TranspileCache, binding_array, observable_terms, sparse_observables
+from hal.drivers.ibm_qpu.primitives import IDEAL_BASIS, Circuit, Executor, TranspileCache, binding_array, observable_terms, sparse_observables
 from hal.drivers.ibm_qpu.service import SETUP_FIX, Connection, Credentials, JobPolicy, JobRunner, connect, find_credentials
 from hal.errors import CapacityExceeded, DeviceUnavailable, HalError, InvalidInput, ShapeError, UnsupportedOp
 
@@ -104,7 +104,7 @@ class IbmQpuDevice(Device):
         self.runner = JobRunner(JobPolicy(timeout_s=self.options["timeout_s"]), secrets)
         self.executor = Executor(self.backend, self.runner, local=self.local, ideal=self.ideal)
         self.executor.reseed(self.options["seed"])
-        self.transpiler = TranspileCache(self.backend, self.options["optimization_level"], self.options["seed"])
+        self.transpiler = TranspileCache(self.backend, self.options["optimization_level"], self.options["seed"], IDEAL_BASIS if self.ideal else None)
 
     def _open_backend(self) -> Any:
         if self.ideal:

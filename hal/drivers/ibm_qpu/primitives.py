@@ -73,6 +73,10 @@ def structure_key(circuit: Any) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+#: Gate set circuits are lowered to on the ideal simulator: IBM Heron's native gates (rz, sx, x, cz), the ISA the
+#: runtime's executor primitives expect (their twirling boxes reject others, e.g. ``ry``).
+IDEAL_BASIS = ("rz", "sx", "x", "cz")
+
 ObservableTerms = tuple[tuple[tuple[str, float], ...], ...]
 
 
@@ -120,11 +124,14 @@ class TranspileCache:
     """ISA circuits by circuit structure, with hit/miss counts; transpiles with parameters left symbolic.
 
     After transpilation every instruction is checked against the backend Target, so an instruction
-    the backend cannot run is refused here, before any job.
+    the backend cannot run is refused here, before any job. ``basis_gates`` overrides the Target's gate set
+    (the ideal simulator accepts almost any gate, but the runtime's executor primitives accept only IBM ISA
+    gates, so its circuits are lowered to ``IDEAL_BASIS``).
     """
 
-    def __init__(self, backend: Any, optimization_level: int, seed: int | None):
+    def __init__(self, backend: Any, optimization_level: int, seed: int | None, basis_gates: Sequence[str] | None = None):
         self.backend = backend
+        self.basis_gates = list(basis_gates) if basis_gates else None
         self.optimization_level = optimization_level
         self.seed = seed
         self.hits = 0
@@ -153,7 +160,10 @@ class TranspileCache:
         if self._pass_manager is None:
             from qiskit.transpiler import generate_preset_pass_manager
 
-            self._pass_manager = generate_preset_pass_manager(optimization_level=self.optimization_level, backend=self.backend, seed_transpiler=self.seed)
+            if self.basis_gates:
+                self._pass_manager = generate_preset_pass_manager(optimization_level=self.optimization_level, basis_gates=self.basis_gates, seed_transpiler=self.seed)
+            else:
+                self._pass_manager = generate_preset_pass_manager(optimization_level=self.optimization_level, backend=self.backend, seed_transpiler=self.seed)
         try:
             isa = self._pass_manager.run(circuit.circuit)
         except Exception as exc:

@@ -50,7 +50,11 @@ def _spread(values: list[float], unit: str, source: str, worst_is_max: bool, wha
 
 
 def _instruction_figures(target: Any, arity: int) -> tuple[list[float], list[float]]:
-    """Errors and durations (s) of every gate of ``arity`` qubits over all the qubit tuples it is calibrated on."""
+    """Errors and durations (s) of every gate of ``arity`` qubits over all the qubit tuples it is calibrated on.
+
+    Virtual gates (zero duration and zero error, such as IBM's frame-change ``rz``) are left out: they are not
+    pulses, and counting their zeros would pull the medians down.
+    """
     errors: list[float] = []
     durations: list[float] = []
     for name in target.operation_names:
@@ -61,6 +65,8 @@ def _instruction_figures(target: Any, arity: int) -> tuple[list[float], list[flo
             continue
         for qargs, props in (target[name] or {}).items():
             if props is None or qargs is None or len(qargs) != arity:
+                continue
+            if props.duration == 0 and not props.error:
                 continue
             errors.extend(_finite([props.error]))
             durations.extend(_finite([props.duration]))
