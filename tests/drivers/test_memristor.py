@@ -79,12 +79,18 @@ def test_manual_seed_repeats_programming_and_reads():
     assert not torch.equal(first, d.prepare(op, {"weight": w})(x))  # a fresh draw differs
 
 
-def test_nan_input_is_refused():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_and_weights_are_refused(bad):
     d = fresh("memristor:0")
     x, w = torch.randn(4, 16), torch.randn(8, 16)
-    x[1, 3] = float("nan")
-    with pytest.raises(InvalidInput, match="NaN"):
+    x[1, 3] = bad
+    with pytest.raises(InvalidInput, match="1 NaN/inf"):
         d.linear(x, w)
+    with pytest.raises(InvalidInput, match="NaN/inf"):
+        d.linear(w, x)  # as a weight too
+    program = d.prepare(OpSpec("linear", [w], {"weight": w}), {"weight": w})
+    with pytest.raises(InvalidInput, match="NaN/inf"):
+        program(x[:, :16].repeat(2, 1)[:8])
 
 
 def test_capacity_exceeded_names_the_tiles_needed():

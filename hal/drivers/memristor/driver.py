@@ -282,10 +282,9 @@ class MemristorDevice(Device):
         )
 
     def _energy_per_mac(self) -> Figure:
-        """Read energy per multiply-accumulate of one full tile: inputs at half range, device pairs at 0.3 g_max."""
+        """Read energy per multiply-accumulate of one full tile: inputs at half range, typical device pairs."""
         tile = self.config.tile
-        pair_us = 0.3 * (tile.g_max_us - tile.g_min_us) + 2 * tile.g_min_us
-        counters = expected_read_counters(self.config, 1, 1, tile.rows, tile.cols, pair_us)
+        counters = expected_read_counters(self.config, 1, 1, tile.rows, tile.cols, self._typical_pair_us())
         return Figure.derived(
             counters.energy_j / (tile.rows * tile.cols),
             "J/MAC",
@@ -331,7 +330,10 @@ class MemristorDevice(Device):
         return refusal if refusal is not None else support
 
     def _check(self, op: OpSpec) -> Support | None:
-        message = self._capacity_message(op, self._weight_grid(op))
+        try:
+            message = self._capacity_message(op, self._weight_grid(op))
+        except InvalidInput as exc:
+            return Support.no(str(exc))
         return Support.no(message) if message else None
 
     def prepare(self, op: OpSpec, params=None) -> Program:
@@ -381,10 +383,22 @@ class MemristorDevice(Device):
         0.3 g_max + 2 g_min: Gaussian weights have mean |w| / max |w| of about 0.3 over a 256-row tile);
         error = the measured calibration error at the nearest reduction length."""
         grid = self._weight_grid(op)
+        counters = expected_read_counters(self.config, grid.stack, self._batch(op), grid.inputs, grid.outputs, self._typical_pair_us())
+        return self._cost(op, grid, counters, self._expected_programming(grid) if op.name == "matmul" else None)
+
+    def _typical_pair_us(self) -> float:
+        """G+ + G- of a typical device pair: 0.3 g_max + 2 g_min (see ``estimate``)."""
         tile = self.config.tile
-        pair_us = 0.3 * (tile.g_max_us - tile.g_min_us) + 2 * tile.g_min_us
-        counters = expected_read_counters(self.config, grid.stack, self._batch(op), grid.inputs, grid.outputs, pair_us)
-        return self._cost(op, grid, counters)
+        return 0.3 * (tile.g_max_us - tile.g_min_us) + 2 * tile.g_min_us
+
+    def _expected_programming(self, grid: TileGrid) -> ProgrammingReport:
+        """Programming cost of a weight before writing it: every device pulsed once, then half of them again in
+        each write-verify round (an assumption, about what the default tolerance gives), every device read per round."""
+        tile, energy = self.config.tile, self.config.energy
+        devices = 2 * grid.stack * grid.inputs * grid.outputs
+        pulses = int(devices * (1 + 0.5 * tile.write_verify_iterations))
+        rounds = 1 + tile.write_verify_iterations
+        return ProgrammingReport(devices=devices, pulses=pulses, verify_reads=devices * tile.write_verify_iterations, energy_j=pulses * energy.program_pulse_energy_j, time_s=rounds * energy.program_pulse_time_s * tile.rows)
 
     def _batch(self, op: OpSpec) -> int:
         """Input vectors one call streams through the tiles."""
@@ -500,14 +514,19 @@ class MemristorDevice(Device):
             y = self._read(program, crossbar, streamed)
             return y.reshape(*batch, m, grid.outputs).to(a.device, a.dtype)
 
-        program = self._new_program(op, grid, run)
-        tile = self.config.tile
-        pulses = 2 * grid.stack * grid.inputs * grid.outputs * (1 + 0.5 * tile.write_verify_iterations)
-        expected = ProgrammingReport(pulses=int(pulses), energy_j=pulses * self.config.energy.program_pulse_energy_j, time_s=(1 + tile.write_verify_iterations) * self.config.energy.program_pulse_time_s * tile.rows)
-        pair_us = 0.3 * (tile.g_max_us - tile.g_min_us) + 2 * tile.g_min_us
-        counters = expected_read_counters(self.config, grid.stack, self._batch(op), grid.inputs, grid.outputs, pair_us)
-        program.cost = self._cost(op, grid, counters, expected)
+        program = self._new_program(op, grid, run)  # its cost (the estimate) includes reprogramming b
         return program
+
+    def check_finite(self, tensors, what: str) -> None:
+        """The contract's NaN/inf refusal with one reduction per tensor: min and max propagate NaN and are
+        infinite when an element is, so only a failing tensor pays for the contract's counting message."""
+        for t in tensors:
+            if t.is_floating_point() and t.numel():
+                low, high = torch.aminmax(t)
+                if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+                    super().check_finite([t], what)
+            elif t.is_complex():
+                super().check_finite([t], what)
 
     # ------------------------------------------------------------------ lifecycle
     def manual_seed(self, seed: int) -> None:
