@@ -2,7 +2,8 @@
 with hal.drivers.loihi2.convert, and evaluated on the held-out set at several step counts.
 
 Writes benchmarks/results/loihi2_conversion.json (summary.ann_minus_snn_pts: the larger of the two models' ANN
-minus SNN accuracy, in percentage points, at the stated steps) and loihi2_accuracy_vs_steps.png.
+minus SNN accuracy, in percentage points, at the stated steps ``summary.at_steps``: the fewest steps of the sweep
+at which both models are within 2 points) and loihi2_accuracy_vs_steps.png.
 
     python benchmarks/loihi2_conversion.py [--steps 32 64 128 256 512] [--max-rate 0.25]
 """
@@ -123,8 +124,12 @@ def main() -> None:
         "mlp": study("mlp", mlp(), (64,), data, args.steps, args.max_rate, epochs=60),
         "cnn": study("cnn", cnn(), (1, 8, 8), data, args.steps, args.max_rate, epochs=30),
     }
-    stated = max(args.steps)
-    gaps = {name: r["ann_accuracy_pct"] - next(p["snn_accuracy_pct"] for p in r["curve"] if p["steps"] == stated) for name, r in results.items()}
+    def gaps_at(steps: int) -> dict[str, float]:
+        return {name: r["ann_accuracy_pct"] - next(p["snn_accuracy_pct"] for p in r["curve"] if p["steps"] == steps) for name, r in results.items()}
+
+    # the stated number of steps: the fewest in the sweep at which every model is within 2 points of its ANN
+    stated = next((t for t in sorted(args.steps) if max(gaps_at(t).values()) <= 2.0), max(args.steps))
+    gaps = gaps_at(stated)
     png = RESULTS / "loihi2_accuracy_vs_steps.png"
     plot(results, png)
     write_result("loihi2_conversion", {
@@ -134,7 +139,7 @@ def main() -> None:
         "results": results,
         "summary": {
             "ann_minus_snn_pts": max(gaps.values()), "per_model_pts": gaps, "at_steps": stated,
-            "within_2_pts": max(gaps.values()) <= 2.0, "plot": png.name,
+            "within_2_pts": max(gaps.values()) <= 2.0, "per_model_pts_at_max_steps": gaps_at(max(args.steps)), "plot": png.name,
         },
     })
     print({"gaps_pts": gaps, "at_steps": stated})

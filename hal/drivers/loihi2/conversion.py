@@ -239,7 +239,7 @@ def _choose_threshold(peak_weight: float) -> tuple[int, int]:
     return max(1, min(VTH_RANGE[1], round(vth_ideal * 2.0**exp))), exp
 
 
-def convert(model: nn.Module, calibration_data: torch.Tensor, steps: int = 256, *, percentile: float = 99.9, max_rate: float = 0.5) -> SpikingModel:
+def convert(model: nn.Module, calibration_data: torch.Tensor, steps: int = 256, *, percentile: float = 99.9, max_rate: float = 0.25) -> SpikingModel:
     """Convert a trained ``nn.Sequential`` to a Loihi 2 spiking model, normalised on ``calibration_data`` (B, *input_shape).
 
     ``max_rate`` (spikes per step) is what a neuron at its layer's scale fires: below 1 it keeps each step's input

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,7 +34,7 @@ from hal.drivers.loihi2.engine import DenseSynapse, LifLayer, LifNetwork, LifPar
 from hal.drivers.loihi2.lava_client import SETUP_HINT, LavaWorker, find_lava_python, network_request
 from hal.drivers.loihi2.mapper import INTEL_BRIEF, LayerShape, Loihi2Spec, Mapping, map_layers
 from hal.drivers.loihi2.quantize import VTH_RANGE, WEIGHT_EXP_RANGE, quantize_bias, quantize_weights
-from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput, ShapeError, UnsupportedOp
+from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput, ShapeError, UnsupportedOp
 from hal.kernels.spike_coding import golden_phases, rate_encode
 
 DAVIES_2018 = "Davies et al., 'Loihi: A Neuromorphic Manycore Processor with On-Chip Learning', IEEE Micro 38(1), 2018, Table 2"
@@ -96,7 +96,7 @@ class Loihi2Device(Device):
 
     kind = "loihi2"
     refuses_nonfinite = True
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Option]] = {
         "steps": Option(_positive, 256, "time steps a rate-coded vocabulary op runs (positive integer)"),
         "backend": Option(_backend, "engine", "'engine' (hal's bit-accurate torch engine) or 'lava' (lava-nc through its Python 3.10 worker)"),
         "chips": Option(_positive, 1, "chips in the system (multi-chip boards: e.g. 8 for Kapoho Point)"),
@@ -153,7 +153,7 @@ class Loihi2Device(Device):
             try:
                 reply, _ = worker.request({"op": "ping"})
                 checks.append(Check("lava-loihi (Loihi 2 hardware back end)", reply["hardware"], "installed" if reply["hardware"] else "not installed: ?backend=lava runs lava's CPU simulation", "" if reply["hardware"] else "lava-loihi is distributed to Intel INRC members"))
-            except Exception as exc:  # a broken worker is a finding, not a crash
+            except (DeviceFailure, OSError) as exc:  # a broken worker is a finding, not a crash
                 checks.append(Check("lava worker start", False, str(exc)[:500], SETUP_HINT))
             finally:
                 worker.close()
@@ -162,7 +162,6 @@ class Loihi2Device(Device):
     # ---- capabilities
     def _build_capabilities(self) -> Capabilities:
         spec, chips = self.spec, self.options["chips"]
-        brief = f"datasheet:{INTEL_BRIEF}"
         lava_src = f"datasheet:{LAVA_SOURCE}"
         core = NeuroCoreLimits(
             neurons=Figure.derived(spec.neurons_per_core, "neurons", "neurons_per_chip / neuro_cores_per_chip = 1048576 / 128"),
@@ -179,7 +178,10 @@ class Loihi2Device(Device):
             neurons=Figure.derived(chips * spec.neurons_per_chip, "neurons", f"chips * 1048576 = {chips} * 1048576"),
             synapses=Figure.derived(chips * spec.synapses_per_chip, "synapses", f"chips * 120e6 = {chips} * 120e6"),
         )
-        bits = lambda n, note="": Figure(n, "bits", lava_src, note)  # noqa: E731
+
+        def bits(n: int, note: str = "") -> Figure:
+            return Figure(n, "bits", lava_src, note)
+
         formats = NumberFormats(
             weight_bits=bits(8, "mixed-sign matrices spend one bit on the sign: -256..254 in steps of 2"),
             weight_exponent_bits=bits(4, "signed, -8..7"),

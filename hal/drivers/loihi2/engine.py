@@ -50,6 +50,7 @@ STATE_LIMIT = 1 << 23  # u and v are 24-bit signed
 ACCUMULATOR_LIMIT = 1 << 31  # the synaptic accumulator is a 32-bit register
 FLOAT32_EXACT = 1 << 24  # integers below this add exactly in float32
 CHUNK_ELEMENTS = 1 << 22  # elements per (steps, batch, neurons) block the engine holds at once
+CHUNK_ELEMENTS_CUDA = 1 << 27  # the same on a GPU (tens of GB of memory)
 CPU_BLOCK_ELEMENTS = 1 << 15  # (batch, neuron) elements stepped together on the CPU: a few float64 arrays fit L2
 _INT32_SPAN = 1 << 32
 _STATE_SPAN = 1 << 24
@@ -199,17 +200,20 @@ class LifLayer:
 
 
 def _int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """int8 (M, K) @ int8 (K, N) -> int32, padded to the shapes CUDA's int8 GEMM accepts."""
+    """int8 (M, K) @ int8 (K, N) -> int32, exactly; padded to the shapes CUDA's int8 GEMM accepts.
+
+    Where the int8 GEMM is refused (an older GPU or library), float64 products give the same integers: every
+    |sum| <= 128 * 127 * K stays far below 2**53.
+    """
     if a.device.type != "cuda":
         return torch._int_mm(a, b)
     m, k = a.shape
     n = b.shape[1]
     pm, pk, pn = max(17 - m, 0), (-k) % 8, (-n) % 8
-    if pm or pk:
-        a = F.pad(a, (0, pk, 0, pm))
-    if pk or pn:
-        b = F.pad(b, (0, pn, 0, pk))
-    return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
+    try:
+        return torch._int_mm(F.pad(a, (0, pk, 0, pm)).contiguous(), F.pad(b, (0, pn, 0, pk)).contiguous())[:m, :n]
+    except RuntimeError:
+        return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
 
 
 class _PreparedSynapse:
@@ -219,20 +223,20 @@ class _PreparedSynapse:
         self.synapse = synapse
         self.device = device
         w = synapse.hardware.weights
-        self.abs_row_sum = int(w.abs().flatten(1).sum(1).max()) if w.numel() else 0
-        self.fanout_nonzero = (w != 0).to(torch.float64)
+        self.abs_row_sum = int(w.abs().flatten(1).sum(1, dtype=torch.int64).max()) if w.numel() else 0
         if isinstance(synapse, DenseSynapse):
             wt = w.t().contiguous()
             # W = 2 * hi + lo with hi in [-128, 127] and lo in {0, 1}: two int8 products, exact in int32.
             self.hi = (wt >> 1).to(torch.int8).to(device)
-            lo = wt & 1
-            self.lo = lo.to(torch.int8).to(device) if bool(lo.any()) else None
-            self.wt64 = wt.to(torch.float64).to(device)
-            self.fanout_per_input = self.fanout_nonzero.sum(0).to(device)
+            lo = (wt & 1).to(torch.int8)
+            self.lo = lo.to(device) if bool(lo.any()) else None
+            self._wt = wt  # host copy; the float64 form for large graded payloads is made on first use
+            self._wt64: torch.Tensor | None = None
+            self.fanout_per_input = (w != 0).sum(0, dtype=torch.int64).to(torch.float64).to(device)
         else:
             self.w64 = w.to(torch.float64).to(device)
             self.w32 = w.to(torch.float32).to(device)
-            self.kernel_nonzero = self.fanout_nonzero.to(device)
+            self.kernel_nonzero = (w != 0).to(torch.float64).to(device)
 
     def check_payload(self, max_abs_input: int) -> None:
         """Refuse inputs whose worst-case sum could leave the 32-bit accumulator (lava's numpy would wrap)."""
@@ -284,7 +288,9 @@ class _PreparedSynapse:
                     acc += _int8_matmul(s8, self.lo).to(torch.int64)
                 return acc
             # |sum| < 2**31 (check_payload) < 2**53: every float64 partial sum is an exact integer.
-            return (spikes.to(torch.float64) @ self.wt64).to(torch.int64)
+            if self._wt64 is None:
+                self._wt64 = self._wt.to(torch.float64).to(self.device)
+            return (spikes.to(torch.float64) @ self._wt64).to(torch.int64)
         # float32 holds every partial sum exactly while the worst case stays below 2**24; float64 below 2**53
         exact32 = self.abs_row_sum * max_abs_input < FLOAT32_EXACT
         weight = self.w32 if exact32 else self.w64
@@ -297,10 +303,10 @@ class _PreparedSynapse:
         """Synaptic operations for (n_in,) counts of nonzero input spikes: each event reads its nonzero fan-out."""
         syn = self.synapse
         if isinstance(syn, DenseSynapse):
-            return int(round(float(spike_events.to(torch.float64) @ self.fanout_per_input)))
+            return round(float(spike_events.to(torch.float64) @ self.fanout_per_input))
         counts = spike_events.to(torch.float64).reshape(1, *syn.input_shape)
         per_out = F.conv2d(counts, self.kernel_nonzero, stride=syn.stride, padding=syn.padding, dilation=syn.dilation, groups=syn.groups)
-        return int(round(float(per_out.sum())))
+        return round(float(per_out.sum()))
 
 def _wrap(x: torch.Tensor, span: int) -> torch.Tensor:
     """Two's-complement wrap of int64 values to a signed register of log2(span) bits."""
@@ -374,13 +380,13 @@ class LifNetwork:
         """
         if spikes_in.dim() != 3 or spikes_in.shape[2] != self.n_in:
             raise ShapeError(f"spikes_in must be (T, B, {self.n_in}), got {tuple(spikes_in.shape)}")
-        if spikes_in.is_floating_point():
-            if not bool(torch.isfinite(spikes_in).all()) or not bool((spikes_in == spikes_in.round()).all()):
-                raise InvalidInput("spike inputs must be integers (0/1, or integer payloads for graded spikes); encode tensors with hal.kernels.spike_coding first")
+        if spikes_in.is_floating_point() and not (bool(torch.isfinite(spikes_in).all()) and bool((spikes_in == spikes_in.round()).all())):
+            raise InvalidInput("spike inputs must be integers (0/1, or integer payloads for graded spikes); encode tensors with hal.kernels.spike_coding first")
         steps, batch, _ = spikes_in.shape
         if chunk_steps is None:
             # time steps per block: bounded so that a block's (steps, batch, neurons) arrays stay near CHUNK_ELEMENTS
-            chunk_steps = max(1, min(64, CHUNK_ELEMENTS // max(1, batch * max(self.sizes + [self.n_in]))))
+            budget = CHUNK_ELEMENTS_CUDA if self.device.type == "cuda" else CHUNK_ELEMENTS
+            chunk_steps = max(1, min(64, budget // max(1, batch * max(self.sizes + [self.n_in]))))
         dev = self.device
         first = self.layers[0].synapse
         if first.num_message_bits == 0:

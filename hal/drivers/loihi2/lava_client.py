@@ -84,14 +84,14 @@ def find_lava_python(option: str | None = None) -> LavaPython:
     result = None
     for path, how in _candidates(option):
         try:
-            proc = subprocess.run([path, "-c", _VERIFY], capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S)
+            proc = subprocess.run([path, "-c", _VERIFY], capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             tried.append(f"{path} ({how}): {type(exc).__name__}")
             continue
         if proc.returncode == 0:
             result = LavaPython(path, how)
             break
-        last = (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         tried.append(f"{path} ({how}): {last}")
     if result is None:
         detail = "; ".join(tried) if tried else "no python3.10 interpreter was found"
@@ -122,7 +122,7 @@ class LavaWorker:
     def _start(self) -> None:
         if self._proc is not None:
             self.restarts += 1
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; closed in close()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)  # the worker needs nothing of hal's environment
         self._proc = subprocess.Popen(

@@ -14,7 +14,6 @@ Two jobs, kept apart:
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +53,7 @@ class SignMode(enum.Enum):
 class HardwareWeights:
     """Integer weights as a core stores them, and how many of the given weights had to change to get there."""
 
-    weights: torch.Tensor  # int64, same shape as given
+    weights: torch.Tensor  # int32, same shape as given
     sign_mode: SignMode
     clipped: int  # weights outside the 8-bit range of the sign mode, set to the range end
     truncated: int  # mixed-sign weights whose least significant bit was dropped
@@ -71,15 +70,13 @@ def hardware_weights(weights: torch.Tensor, num_weight_bits: int = WEIGHT_BITS) 
         raise InvalidInput("hardware_weights takes integer weights; quantise float weights with quantize_weights first")
     if not 1 <= num_weight_bits <= WEIGHT_BITS:
         raise InvalidInput(f"num_weight_bits must be 1..{WEIGHT_BITS}, got {num_weight_bits}")
-    w = weights.to(torch.int64)
-    mode = SignMode.of(w)
+    mode = SignMode.of(weights)
     flip = mode is SignMode.INHIBITORY
-    if flip:
-        w = -w
+    w = -weights if flip else weights
     low = -(2**WEIGHT_BITS) if mode is SignMode.MIXED else 0
     high = 2**WEIGHT_BITS - 1
-    clipped_w = w.clamp(low, high)
-    clipped = int((clipped_w != w).sum())
+    clipped = int(((w < low) | (w > high)).sum())
+    clipped_w = w.clamp(low, high).to(torch.int32)  # 9-bit values: int32 keeps large matrices small
     drop = WEIGHT_BITS - num_weight_bits + (1 if mode is SignMode.MIXED else 0)
     truncated_w = (clipped_w >> drop) << drop
     truncated = int((truncated_w != clipped_w).sum())
@@ -178,8 +175,3 @@ def check_range(name: str, value: int, bounds: tuple[int, int]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
         raise InvalidInput(f"{name}={value!r} is outside its Loihi 2 range {bounds[0]}..{bounds[1]}; choose a value in range")
     return value
-
-
-def bits_needed(max_abs: float) -> int:
-    """Bits of a signed integer holding values up to ``max_abs`` in magnitude."""
-    return 1 + max(1, math.ceil(math.log2(max_abs + 1))) if max_abs > 0 else 1
