@@ -105,3 +105,20 @@ def test_a_dead_worker_is_reported_with_its_stderr_and_restarted(worker) -> None
     reply, _ = worker.request({"op": "ping"})  # restarted on demand
     assert reply["lava"].startswith("0.10")
     assert worker.restarts >= 1
+
+
+def test_hardware_backend_is_unavailable_without_lava_loihi() -> None:
+    if not LAVA.ok:
+        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+    with pytest.raises(hal.DeviceUnavailable, match="lava-loihi"):
+        hal.device("loihi2:0?backend=hardware")
+
+
+def test_linear_through_lava_matches_the_engine() -> None:
+    if not LAVA.ok:
+        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+    g = torch.Generator().manual_seed(15)
+    x, w, b = torch.randn(2, 8, generator=g), torch.randn(4, 8, generator=g) / 3, torch.randn(4, generator=g) / 3
+    lava = hal.device("loihi2:0?backend=lava&steps=64").linear(x, w, b, activation="relu")
+    engine = hal.device("loihi2:0?steps=64").linear(x, w, b, activation="relu")
+    assert torch.equal(lava, engine)

@@ -2,7 +2,8 @@
 
 ``loihi2:0`` runs on the torch engine (``engine.py``, CPU or ``?compute=cuda``), bit-exact with lava-nc's
 ``Loihi2SimCfg(select_tag="fixed_pt")``; ``?backend=lava`` runs the same integer network through the lava
-worker (``lava_client.py``), and on Loihi 2 hardware where lava-loihi is installed (``Loihi2HwCfg``).
+worker (``lava_client.py``); ``?backend=hardware`` selects lava's ``Loihi2HwCfg`` and is unavailable, with the
+reason, unless the worker's environment has lava-loihi.
 
 Ops:
 
@@ -66,8 +67,8 @@ SPIKE_DTYPES = ("uint8", "bool", "int32", "int64", "float32")
 
 
 def _backend(text: str) -> str:
-    if text not in ("engine", "lava"):
-        raise ValueError("choose 'engine' or 'lava'")
+    if text not in ("engine", "lava", "hardware"):
+        raise ValueError("choose 'engine', 'lava' or 'hardware'")
     return text
 
 
@@ -98,7 +99,11 @@ class Loihi2Device(Device):
     refuses_nonfinite = True
     OPTIONS: ClassVar[dict[str, Option]] = {
         "steps": Option(_positive, 256, "time steps a rate-coded vocabulary op runs (positive integer)"),
-        "backend": Option(_backend, "engine", "'engine' (hal's bit-accurate torch engine) or 'lava' (lava-nc through its Python 3.10 worker)"),
+        "backend": Option(
+            _backend, "engine",
+            "'engine' (hal's bit-accurate torch engine), 'lava' (lava-nc's Loihi2SimCfg through its Python 3.10 worker) "
+            "or 'hardware' (lava's Loihi2HwCfg on a Loihi 2 board; needs lava-loihi)",
+        ),
         "chips": Option(_positive, 1, "chips in the system (multi-chip boards: e.g. 8 for Kapoho Point)"),
         "python": Option(str, None, "a Python 3.10 interpreter with lava-nc, for ?backend=lava"),
         "strict": Option(parse_bool, False, "refuse weights that quantisation would clip or truncate instead of reporting it"),
@@ -119,11 +124,21 @@ class Loihi2Device(Device):
         self.torch_device = compute
         self._worker: LavaWorker | None = None
         self._lava_python: str | None = None
-        if self.options["backend"] == "lava":
+        backend = self.options["backend"]
+        if backend in ("lava", "hardware"):
             found = find_lava_python(self.options["python"])
             if not found.ok:
-                raise DeviceUnavailable(str(self.uri), f"?backend=lava needs lava-nc, which imports only on Python 3.10; {found.reason}", SETUP_HINT)
+                raise DeviceUnavailable(str(self.uri), f"?backend={backend} needs lava-nc, which imports only on Python 3.10; {found.reason}", SETUP_HINT)
             self._lava_python = found.path
+        if backend == "hardware":
+            self._worker = LavaWorker(found.path)
+            reply, _ = self._worker.request({"op": "ping"}, timeout_s=120)
+            if not reply["hardware"]:
+                self._worker.close()
+                raise DeviceUnavailable(
+                    str(self.uri), f"?backend=hardware runs lava's Loihi2HwCfg, which needs lava-loihi; {found.path} has lava-nc {reply['lava']} without it",
+                    "install lava-loihi (distributed to Intel INRC members) on a host with a Loihi 2 board, or use ?backend=lava for lava's simulation",
+                )
 
     # ---- discovery
     @classmethod
@@ -340,8 +355,9 @@ class Loihi2Device(Device):
         if self._worker is None:
             self._worker = LavaWorker(self._lava_python)
         outs, finals = [], []
+        hardware = self.options["backend"] == "hardware"
         for b in range(spikes.shape[1]):
-            header, arrays = network_request(layers, spikes[:, b].cpu().numpy(), record_state=True)
+            header, arrays = network_request(layers, spikes[:, b].cpu().numpy(), record_state=True, hardware=hardware)
             _, out = self._worker.request(header, arrays)
             last = len(layers) - 1
             outs.append(torch.from_numpy(out[f"spikes{last}"]).to(torch.bool))
