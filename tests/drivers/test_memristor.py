@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -348,7 +349,7 @@ def test_cuda_emulation_matches_the_cpu_model():
 
 class TestConformanceCuda(DeviceConformance):
     uri = "memristor:0?seed=0&compute=cuda"
-    pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+    pytestmark: ClassVar = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 
 
 def test_training_noise_grows_with_the_deployment_age():

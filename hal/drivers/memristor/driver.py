@@ -22,14 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from hal import ops as vocabulary
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.capability.analog import AnalogSection, Converters, CrossbarTiles
-from hal import ops as vocabulary
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, TensorSpec, parse_bool
 from hal.drivers.memristor.config import CrossbarConfig, NonIdealities, TileConfig
 from hal.drivers.memristor.energy import ProgrammingReport, ReadCounters, expected_read_counters, read_time_s
@@ -97,7 +97,7 @@ class MemristorDevice(Device):
 
     kind = "memristor"
     refuses_nonfinite = True
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Option]] = {
         "tile": Option(_positive_int, 256, "rows and columns of one crossbar tile (a positive integer)"),
         "tiles": Option(_positive_int, 64, "number of crossbar tiles (arrays) the device has"),
         "seed": Option(int, 0, "seed of every device draw (programming noise, faults, drift, read noise)"),

@@ -72,7 +72,7 @@ class _State:
 def state_generator(device: torch.device, seed: int, age_s: float) -> torch.Generator:
     """A generator for the conductance state at one age: the same (program, age) always gives the same state."""
     generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + int(round(age_s * 1000))) % (2**63 - 1))
+    generator.manual_seed((seed * 1_000_003 + round(age_s * 1000)) % (2**63 - 1))
     return generator
 
 
