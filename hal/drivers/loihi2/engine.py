@@ -15,8 +15,10 @@ wrapped to 24 bits (conv).
 
 How it is fast: a feed-forward network is evaluated layer by layer over a block of time steps, so each synaptic
 layer is one large integer matrix product (int8 x int8 -> int32, or float64 where a bound check proves every
-sum exact), and only the neuron recurrence steps through time, as in-place elementwise ops over (batch, neurons).
-States are held in float64, which represents every 24-bit state and every 36-bit decay product exactly.
+sum exact), and only the neuron recurrence steps through time, as in-place elementwise ops over (batch, neurons):
+on the CPU cache-sized blocks of neurons run all their steps in turn, on a GPU ``fused=True`` compiles the step
+into one kernel. States are held in float64, which represents every 24-bit state and every 36-bit decay product
+exactly; static and per-block bounds decide where the 24-bit wrap and lava's int32 overflows can occur.
 """
 
 from __future__ import annotations
@@ -210,10 +212,14 @@ def _int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     m, k = a.shape
     n = b.shape[1]
     pm, pk, pn = max(17 - m, 0), (-k) % 8, (-n) % 8
+    if pm or pk:
+        a = F.pad(a, (0, pk, 0, pm))
+    if pk or pn:
+        b = F.pad(b, (0, pn, 0, pk))  # copies the weights: only when their shape needs it
     try:
-        return torch._int_mm(F.pad(a, (0, pk, 0, pm)).contiguous(), F.pad(b, (0, pn, 0, pk)).contiguous())[:m, :n]
+        return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
     except RuntimeError:
-        return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
+        return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)[:m, :n]
 
 
 class _PreparedSynapse:
