@@ -284,6 +284,7 @@ def test_real_backends_go_through_the_service_and_never_leak_the_token(monkeypat
     d = IbmQpuDevice("ibm_qpu:ibm_manila?seed=2&shots=200")
     values, _ = d.prepare_circuit(ansatz(2)[0], ["ZZ"])(torch.zeros(1, 4, dtype=torch.float64))
     assert values.shape == (1, 1) and d.telemetry()["last_job_id"]
+    assert d.describe_credentials().source == "environment variable QISKIT_IBM_TOKEN" and not d.capabilities.simulated
     with pytest.raises(DeviceUnavailable) as caught:
         IbmQpuDevice("ibm_qpu:ibm_nowhere")
     assert TOKEN not in str(caught.value) and service.REDACTED in str(caught.value) and caught.value.__cause__ is None

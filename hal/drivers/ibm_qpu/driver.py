@@ -102,7 +102,7 @@ class IbmQpuDevice(Device):
             raise InvalidInput(f"{self.uri}: shots=0 (exact expectation values) exists only on the ideal simulator ibm_qpu:aer; give shots > 0")
         secrets = self.connection.secrets if self.connection else []
         self.runner = JobRunner(JobPolicy(timeout_s=self.options["timeout_s"]), secrets)
-        self.executor = Executor(self.backend, self.runner, local=self.local, ideal=self.ideal)
+        self.executor = Executor(self.backend, self.runner, local=self.local)
         self.executor.reseed(self.options["seed"])
         self.transpiler = TranspileCache(self.backend, self.options["optimization_level"], self.options["seed"], IDEAL_BASIS if self.ideal else None)
 

@@ -210,11 +210,10 @@ class Executor:
     Simulator seeds: job ``k`` after ``reseed(s)`` uses seed ``s + k``, so seeded runs repeat exactly.
     """
 
-    def __init__(self, backend: Any, runner: JobRunner, local: bool, ideal: bool):
+    def __init__(self, backend: Any, runner: JobRunner, local: bool):
         self.backend = backend
         self.runner = runner
         self.local = local
-        self.ideal = ideal
         self.jobs = 0
         self.circuits = 0
         self._seeds: Iterable[int] | None = None
