@@ -244,3 +244,31 @@ class TestConformance(DeviceConformance):
             w = (torch.randn(8, 16, generator=generator, dtype=torch.float64) / 4).to(dtype)
             return Sample([x], {"weight": w, "bias": torch.randn(8, generator=generator, dtype=torch.float64).to(dtype)}, {"activation": "relu"})
         return super().sample(op_name, dtype, generator)
+
+
+def _fake_python(tmp_path, body: str) -> str:
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_worker_that_dies_is_reported_with_its_stderr(tmp_path) -> None:
+    from hal.drivers.loihi2.lava_client import LavaWorker
+    from hal.errors import DeviceFailure
+
+    worker = LavaWorker(_fake_python(tmp_path, "echo 'lava import failed: no module lava' >&2; exit 3"), timeout_s=30)
+    with pytest.raises(DeviceFailure, match="no module lava"):
+        worker.request({"op": "ping"})
+    worker.close()
+
+
+def test_a_worker_that_hangs_is_killed_and_reported(tmp_path) -> None:
+    from hal.drivers.loihi2.lava_client import LavaWorker
+    from hal.errors import DeviceFailure
+
+    worker = LavaWorker(_fake_python(tmp_path, "echo 'compiling...' >&2; exec sleep 60"), timeout_s=30)
+    with pytest.raises(DeviceFailure, match=r"did not answer(.|\n)*compiling"):
+        worker.request({"op": "ping"}, timeout_s=1.0)
+    assert not worker.alive
+    worker.close()

@@ -312,14 +312,14 @@ class Loihi2Device(Device):
         return None
 
     # ---- estimates
-    def _event_cost(self, synaptic_ops: float, neuron_updates: float, steps: int, mapping: Mapping, how: str) -> tuple[float, float, str]:
+    def _event_cost(self, synaptic_ops: float, neuron_updates: float, mapping: Mapping, how: str) -> tuple[float, float, str]:
+        """(latency_s, energy_j, formula) of a run with these event counts on this mapping."""
         energy = synaptic_ops * self.events.synaptic_op_j + neuron_updates * self.events.neuron_update_j
-        busiest = max(p.neurons_per_core * (p.synapses / max(p.neurons, 1)) for p in mapping.layers)
-        per_step_ops = min(busiest, synaptic_ops / max(steps * len(mapping.layers), 1)) if synaptic_ops else 0.0
-        latency = steps * per_step_ops * self.events.synaptic_op_s
+        latency = synaptic_ops / mapping.cores * self.events.synaptic_op_s
         formula = (
             f"energy = synaptic_ops ({how}: {synaptic_ops:.4g}) * 23.6 pJ + neuron_updates ({neuron_updates:.4g}) * 52 pJ "
-            f"(Davies et al. 2018); latency = steps * synaptic ops per step on the busiest core * 3.5 ns (neuron-update time not included)"
+            f"(Davies et al. 2018); latency = synaptic_ops / {mapping.cores} core(s) * 3.5 ns (cores in parallel, each serial; "
+            "samples one after another; neuron-update time not included)"
         )
         return latency, energy, formula
 
@@ -330,7 +330,7 @@ class Loihi2Device(Device):
             steps, batch = steps or 1, batch or 1
             mapping = self._mapping([LayerShape(n_out, n_in)])
             synops = steps * batch * n_in * ASSUMED_INPUT_RATE * n_out
-            latency, energy, formula = self._event_cost(synops, steps * batch * n_out, steps, mapping, f"assumed input rate {ASSUMED_INPUT_RATE}")
+            latency, energy, formula = self._event_cost(synops, steps * batch * n_out, mapping, f"assumed input rate {ASSUMED_INPUT_RATE}")
             return Cost(latency, energy, 0.0, formula + "; error 0: bit-exact with lava fixed_pt")
         if op.name == "linear":
             weight = op.param("weight")
@@ -340,7 +340,7 @@ class Loihi2Device(Device):
             steps = self.options["steps"]
             mapping = self._mapping([LayerShape(n_out, 2 * n_in)])
             synops = steps * batch * n_in * ASSUMED_INPUT_RATE * n_out
-            latency, energy, formula = self._event_cost(synops, steps * batch * n_out, steps, mapping, f"assumed input rate {ASSUMED_INPUT_RATE}")
+            latency, energy, formula = self._event_cost(synops, steps * batch * n_out, mapping, f"assumed input rate {ASSUMED_INPUT_RATE}")
             rate = target_rate(steps)
             return Cost(latency, energy, self._linear_error(steps) / 2.0, formula + f"; error = 1/(T r) + r/2 with T={steps}, r={rate:.3g} (count resolution + reset-to-zero loss)")
         raise UnsupportedOp(f"{self.uri} has no estimate for {op.name}")
@@ -395,7 +395,7 @@ class Loihi2Device(Device):
 
         def run(spikes: torch.Tensor) -> torch.Tensor:
             out, _, synops, updates = self._execute(layers, spikes, network)
-            latency, energy, formula = self._event_cost(synops, updates, spikes.shape[0], mapping, "counted")
+            latency, energy, formula = self._event_cost(synops, updates, mapping, "counted")
             program.cost = Cost(latency, energy, 0.0, formula)
             program.report = {"synaptic_ops": synops, "neuron_updates": updates, "spikes": int(out.sum()), "weights_clipped": hw.clipped, "weights_truncated": hw.truncated}
             return out.to(torch.uint8).to(spikes.device)
@@ -451,7 +451,7 @@ class Loihi2Device(Device):
             out, final_v, synops, updates = self._execute(layers, trains, network)
             counts = out.sum(dim=0).to(torch.float64).cpu() + final_v.to(torch.float64).cpu() / threshold_v
             y = (counts.clamp(min=0) * out_scale / steps).to(x.dtype)
-            latency, energy, formula = self._event_cost(synops, updates, steps + 1, mapping, "counted")
+            latency, energy, formula = self._event_cost(synops, updates, mapping, "counted")
             program.cost = Cost(latency, energy, self._linear_error(steps) / 2.0, formula)
             program.report = {
                 "synaptic_ops": synops, "neuron_updates": updates, "spikes": int(out.sum()), "vth": vth, "weight_exp": exp,
