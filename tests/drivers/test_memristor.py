@@ -363,3 +363,16 @@ def test_training_noise_grows_with_the_deployment_age():
     assert torch.allclose(weight_noise_std(w, config, scale=2.0), 2 * at_t0)
     largest = w.abs().argmax(dim=1)  # the largest weight of each row sits at g_max: programming std 1.055 uS of 25
     assert (at_t0[torch.arange(8), largest] / w.abs().amax(dim=1) > 1.055 / 25).all()
+
+
+def test_estimates_and_telemetry_report_costs():
+    d = fresh("memristor:0?tile=64")
+    x, w = torch.randn(4, 64), torch.randn(32, 64)
+    linear = d.estimate(OpSpec("linear", [x], {"weight": w}))
+    matmul = d.estimate(OpSpec("matmul", [x, w.T.contiguous()]))
+    assert 0 < linear.energy_j < matmul.energy_j  # matmul pays for programming b on every call
+    assert linear.error == d.calibration()[32]  # measured at the nearest calibrated reduction length
+    d.linear(x, w)
+    readings = d.telemetry()
+    assert readings["tiles_in_use"] == 1 and readings["reads"]["calls"] == 1 and readings["reads"]["vectors"] == 4
+    assert readings["programming"]["pulses"] >= 2 * 64 * 32
