@@ -376,3 +376,50 @@ def test_estimates_and_telemetry_report_costs():
     readings = d.telemetry()
     assert readings["tiles_in_use"] == 1 and readings["reads"]["calls"] == 1 and readings["reads"]["vectors"] == 4
     assert readings["programming"]["pulses"] >= 2 * 64 * 32
+
+
+def _exact_column_currents(g_siemens: torch.Tensor, volts: torch.Tensor, r_ohm: float) -> torch.Tensor:
+    """Nodal analysis of a crossbar with resistive lines: word line i driven at column 0, bit lines grounded
+    after the last row, one device per cell (the circuit the first-order model linearises)."""
+    rows, cols = g_siemens.shape
+    n = 2 * rows * cols
+    Y, b, g = torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64), 1.0 / r_ohm
+
+    def word(i, c):
+        return i * cols + c
+
+    def bit(i, c):
+        return rows * cols + i * cols + c
+
+    def link(p, q, conductance):
+        Y[p, p] += conductance
+        Y[q, q] += conductance
+        Y[p, q] -= conductance
+        Y[q, p] -= conductance
+
+    for i in range(rows):
+        Y[word(i, 0), word(i, 0)] += g
+        b[word(i, 0)] += g * volts[i]
+        for c in range(cols):
+            link(word(i, c), bit(i, c), float(g_siemens[i, c]))
+            if c + 1 < cols:
+                link(word(i, c), word(i, c + 1), g)
+            if i + 1 < rows:
+                link(bit(i, c), bit(i + 1, c), g)
+    for c in range(cols):
+        Y[bit(rows - 1, c), bit(rows - 1, c)] += g
+    v = torch.linalg.solve(Y, b)
+    return torch.stack([v[bit(rows - 1, c)] * g for c in range(cols)])
+
+
+def test_first_order_ir_drop_agrees_with_nodal_analysis():
+    size, r = 24, 10.0  # a strong drop (about 7 %) so the comparison means something
+    tile = TileConfig(rows=size, cols=size, wire_resistance_ohm=r, stuck_at_gmin_rate=0.0, stuck_at_gmax_rate=0.0)
+    crossbar = Crossbar(torch.rand(1, size, size), CrossbarConfig(tile=tile, effects=NonIdealities(*(False,) * 4, True, False, False, False)), seed=0)
+    g = crossbar.g_target[0, 0].double() * 1e-6  # all weights positive: G- = g_min = 0
+    effective = crossbar.state(0.0).g_read[0].double() * tile.g_max_us * 1e-6
+    volts = torch.rand(size, dtype=torch.float64) * 0.4
+    exact = _exact_column_currents(g, volts, r)
+    ideal_error = rel(volts @ g, exact)
+    model_error = rel(volts @ effective, exact)
+    assert ideal_error > 0.03 and model_error < 0.2 * ideal_error
