@@ -20,6 +20,7 @@ the free tiles run out, the oldest programs are overwritten and raise ``ProgramI
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -133,6 +134,7 @@ class MemristorDevice(Device):
         self.clock_s = 0.0
         self.counters = ReadCounters()
         self.programming_totals = ProgrammingReport()
+        self._tiles_lock = threading.RLock()  # guards tile ownership and the counters (programs may run on threads)
         self._slots: list[MemristorProgram | None] = [None] * self.options["tiles"]
         self._programs: list[MemristorProgram] = []  # oldest first
         self._generator = torch.Generator(device=self.torch_device)
@@ -353,25 +355,27 @@ class MemristorDevice(Device):
 
     def _allocate(self, program: MemristorProgram, count: int) -> list[int]:
         """Free tiles for ``program``, overwriting the oldest programs when needed (they are invalidated)."""
-        free = [i for i, owner in enumerate(self._slots) if owner is None]
-        while len(free) < count:
-            victim = self._programs[0]
-            self.free_tiles(victim, f"its tiles {victim.tiles} were reprogrammed for a {program.op.name} (the device holds {len(self._slots)} tiles; pass ?tiles=N for more)")
+        with self._tiles_lock:
             free = [i for i, owner in enumerate(self._slots) if owner is None]
-        chosen = free[:count]
-        for i in chosen:
-            self._slots[i] = program
-        self._programs.append(program)
-        return chosen
+            while len(free) < count:
+                victim = self._programs[0]
+                self.free_tiles(victim, f"its tiles {victim.tiles} were reprogrammed for a {program.op.name} (the device holds {len(self._slots)} tiles; pass ?tiles=N for more)")
+                free = [i for i, owner in enumerate(self._slots) if owner is None]
+            chosen = free[:count]
+            for i in chosen:
+                self._slots[i] = program
+            self._programs.append(program)
+            return chosen
 
     def free_tiles(self, program: MemristorProgram, reason: str) -> None:
         """Take ``program``'s tiles back and invalidate it with ``reason``."""
-        for i in program.tiles:
-            if self._slots[i] is program:
-                self._slots[i] = None
-        if program in self._programs:
-            self._programs.remove(program)
-        program.invalidate(reason)
+        with self._tiles_lock:
+            for i in program.tiles:
+                if self._slots[i] is program:
+                    self._slots[i] = None
+            if program in self._programs:
+                self._programs.remove(program)
+            program.invalidate(reason)
 
     @property
     def tiles_in_use(self) -> int:
@@ -432,13 +436,15 @@ class MemristorDevice(Device):
     def _program_weights(self, weights: torch.Tensor) -> Crossbar:
         seed = int(torch.randint(0, 2**62, (1,), generator=self._generator, device=self.torch_device))
         crossbar = Crossbar(weights.to(self.torch_device, torch.float32), self.config, seed)
-        self.programming_totals = _add_reports(self.programming_totals, crossbar.report)
+        with self._tiles_lock:
+            self.programming_totals = _add_reports(self.programming_totals, crossbar.report)
         return crossbar
 
     def _read(self, program: MemristorProgram, crossbar: Crossbar, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         out, counters = crossbar.read(x, program.age_s, self._generator, bias)
-        program.stats.add(counters)
-        self.counters.add(counters)
+        with self._tiles_lock:
+            program.stats.add(counters)
+            self.counters.add(counters)
         return out
 
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
