@@ -272,3 +272,31 @@ def test_a_worker_that_hangs_is_killed_and_reported(tmp_path) -> None:
         worker.request({"op": "ping"}, timeout_s=1.0)
     assert not worker.alive
     worker.close()
+
+
+def test_a_converted_model_is_placed_on_cores() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 3))
+    snn = convert(model, torch.rand(16, 1, 8, 8), steps=32)
+    placed = snn.place()
+    assert [p.neurons for p in placed.layers] == [256, 3] and placed.chips == 1
+    assert placed.synapses == 256 * 9 + 3 * 256
+    wide = convert(nn.Sequential(nn.Linear(200_000, 2)), torch.rand(2, 200_000), steps=8)
+    with pytest.raises(CapacityExceeded, match="synaptic memory"):
+        wide.place()
+
+
+def test_pooling_folds_exactly_into_the_next_layer() -> None:
+    from hal.drivers.loihi2.conversion import _flatten_modules, _stage_apply, _stages
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 3, 3, padding=1), nn.ReLU(),
+                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(18, 5)).double()
+    x = torch.rand(6, 2, 8, 12, dtype=torch.float64)
+    a = x.reshape(6, -1)
+    for stage in _stages(_flatten_modules(model), (2, 8, 12)):
+        a = _stage_apply(stage, a)
+        a = a.clamp(min=0) if stage.relu else a
+    assert torch.allclose(a, model(x), atol=1e-12)
+    twice = nn.Sequential(nn.Conv2d(1, 1, 1), nn.AvgPool2d(1), nn.AvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(InvalidInput, match=r"layer 4 \(Linear\) follows AvgPool2d -> AvgPool2d -> Flatten"):
+        _stages(_flatten_modules(twice), (1, 2, 2))

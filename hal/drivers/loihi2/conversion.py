@@ -21,7 +21,6 @@ threshold; more steps (``steps``) trade latency for accuracy.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from hal.drivers.loihi2.engine import ConvSynapse, DenseSynapse, LifLayer, LifNetwork, LifParams
+from hal.drivers.loihi2.mapper import LayerShape, Loihi2Spec, Mapping, map_layers
 from hal.drivers.loihi2.quantize import VTH_RANGE, WEIGHT_EXP_RANGE, quantize_bias, quantize_weights
 from hal.errors import InvalidInput, ShapeError
 from hal.kernels.spike_coding import golden_phases, rate_encode, saturated
@@ -67,23 +67,44 @@ def _check_convertible(modules: list[nn.Module]) -> None:
         )
 
 
-def _pool_into_conv(pool: nn.AvgPool2d, conv: nn.Conv2d) -> tuple[torch.Tensor, dict]:
-    """conv(avgpool_k(x)) as one conv on x: kernel k*K (each tap spread over a k x k block / k^2), stride k*s, padding k*p."""
+def _pool_factor(pool: nn.AvgPool2d, in_shape: tuple[int, ...], exact: bool) -> int:
+    """The k of a foldable AvgPool2d(k, stride=k, padding=0); ``exact`` also requires H and W divisible by k."""
     k = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
-    stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
-    if stride != k or pool.padding not in (0, (0, 0)) or conv.dilation != (1, 1):
-        raise InvalidInput(f"AvgPool2d(kernel={pool.kernel_size}, stride={pool.stride}, padding={pool.padding}) before a Conv2d folds only with stride == kernel, no padding and an undilated conv")
+    square = pool.kernel_size in (k, (k, k)) and pool.stride in (k, (k, k), None)
+    if not square or pool.padding not in (0, (0, 0)) or (exact and (in_shape[-2] % k or in_shape[-1] % k)):
+        raise InvalidInput(
+            f"AvgPool2d(kernel={pool.kernel_size}, stride={pool.stride}, padding={pool.padding}) on {in_shape} folds into the next layer "
+            "only as a square k x k pool with stride k, no padding (and, before a Conv2d, H and W divisible by k)"
+        )
+    return k
+
+
+def _pool_into_conv(pool: nn.AvgPool2d, conv: nn.Conv2d, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, dict]:
+    """conv(avgpool_k(x)) as one conv on x: kernel k*K (each tap spread over a k x k block / k^2), stride k*s, padding k*p."""
+    k = _pool_factor(pool, in_shape, exact=True)
+    if conv.dilation != (1, 1):
+        raise InvalidInput("an AvgPool2d folds only into an undilated Conv2d")
     w = conv.weight.detach().to(torch.float64)
     spread = w.repeat_interleave(k, dim=2).repeat_interleave(k, dim=3) / (k * k)
     args = {"stride": (conv.stride[0] * k, conv.stride[1] * k), "padding": (conv.padding[0] * k, conv.padding[1] * k), "dilation": (1, 1), "groups": conv.groups}
     return spread, args
 
 
-def _linear_map(fn, in_shape: tuple[int, ...]) -> torch.Tensor:
-    """The matrix (out, in) of a linear, bias-free function over inputs of ``in_shape``."""
-    n = math.prod(in_shape)
-    basis = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
-    return fn(basis).reshape(n, -1).t().contiguous()
+def _pool_into_linear(pool: nn.AvgPool2d, linear: nn.Linear, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """linear(flatten(avgpool_k(x))) as one matrix on flatten(x): each weight spread over its k x k block / k^2."""
+    k = _pool_factor(pool, in_shape, exact=False)
+    c, h, w = in_shape
+    weight = linear.weight.detach().to(torch.float64).reshape(-1, c, h // k, w // k)
+    spread = weight.repeat_interleave(k, dim=2).repeat_interleave(k, dim=3) / (k * k)
+    spread = torch.nn.functional.pad(spread, (0, w - spread.shape[3], 0, h - spread.shape[2]))  # rows/columns the pool drops
+    return spread.reshape(weight.shape[0], -1)
+
+
+def _out_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The per-sample output shape of ``module`` on inputs of per-sample ``shape``."""
+    weight = getattr(module, "weight", None)
+    with torch.no_grad():
+        return tuple(module(torch.zeros(1, *shape, dtype=weight.dtype if weight is not None else torch.float32)).shape[1:])
 
 
 def _stages(modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[_Stage]:
@@ -95,8 +116,7 @@ def _stages(modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[_Sta
     for i, m in enumerate(modules):
         if isinstance(m, (nn.AvgPool2d, nn.Flatten)):
             pending.append(m)
-            with torch.no_grad():
-                shape = tuple(m(torch.zeros(1, *shape)).shape[1:])
+            shape = _out_shape(m, shape)
             continue
         if isinstance(m, nn.ReLU):
             if not stages or stages[-1].relu or pending:
@@ -104,24 +124,24 @@ def _stages(modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[_Sta
             stages[-1].relu = True
             continue
         bias = m.bias.detach().to(torch.float64) if m.bias is not None else torch.zeros(m.weight.shape[0], dtype=torch.float64)
-        with torch.no_grad():
-            out_shape = tuple(m(torch.zeros(1, *shape)).shape[1:])
-        pools = [p for p in pending if isinstance(p, nn.AvgPool2d)]
-        if isinstance(m, nn.Conv2d) and not any(isinstance(p, nn.Flatten) for p in pending) and len(pools) <= 1:
-            if pools:
-                weight, args = _pool_into_conv(pools[0], m)
+        out_shape = _out_shape(m, shape)
+        kinds = [type(p) for p in pending]
+        if isinstance(m, nn.Conv2d) and kinds in ([], [nn.AvgPool2d]):
+            if pending:
+                weight, args = _pool_into_conv(pending[0], m, pending_in)
             else:
                 weight = m.weight.detach().to(torch.float64)
                 args = {"stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups}
             stages.append(_Stage("conv", weight, bias, pending_in, out_shape, False, args))
-        else:
-            chain = copy.deepcopy(nn.Sequential(*pending, m)).to(torch.float64)
-            for module in chain:
-                if getattr(module, "bias", None) is not None:
-                    module.bias = None
-            with torch.no_grad():
-                weight = _linear_map(chain, pending_in)
+        elif isinstance(m, nn.Linear) and kinds in ([], [nn.Flatten], [nn.AvgPool2d, nn.Flatten]):
+            weight = _pool_into_linear(pending[0], m, pending_in) if pending and kinds[0] is nn.AvgPool2d else m.weight.detach().to(torch.float64)
             stages.append(_Stage("dense", weight, bias, pending_in, out_shape, False, {}))
+        else:
+            between = " -> ".join(k.__name__ for k in kinds) or "nothing"
+            raise InvalidInput(
+                f"layer {i} ({type(m).__name__}) follows {between}; convertible sequences are [AvgPool2d] -> Conv2d and "
+                "[AvgPool2d] -> Flatten -> Linear between spiking layers"
+            )
         pending, shape, pending_in = [], out_shape, out_shape
     if pending:
         raise InvalidInput(f"the model ends in {type(pending[-1]).__name__}; end it with a Linear or Conv2d (the output layer)")
@@ -195,6 +215,15 @@ class SpikingModel:
             layers.append(LifLayer(stage.synapse, lif))
         self.bias_clipped = clipped
         return layers
+
+    def place(self, chips: int = 1, spec: Loihi2Spec | None = None) -> Mapping:
+        """Map the layers onto a ``chips``-chip Loihi 2 system (CapacityExceeded names the limit a layer hits)."""
+        shapes = []
+        for stage in self.stages:
+            syn = stage.synapse
+            fan_in = syn.n_in if isinstance(syn, DenseSynapse) else math.prod(syn.weights.shape[1:])
+            shapes.append(LayerShape(syn.n_out, fan_in))
+        return map_layers(shapes, spec or Loihi2Spec(), chips)
 
     def network(self, steps: int | None = None, device: torch.device | str = "cpu") -> LifNetwork:
         key = (steps or self.steps, str(torch.device(device)))

@@ -15,6 +15,7 @@ Ops:
   balanced on the call's own batch (Rueckauer et al. 2017's data-based normalisation: the largest
   pre-activation maps to ``TARGET_MAX_RATE`` spikes per step); the output is the spike count plus the residual
   membrane charge, over ``?steps=`` steps. ``activation="none"`` is refused: spike rates cannot be negative.
+  Because the threshold is set per call, a sample's result depends slightly on the batch it is in.
 
 After each call a Program's ``cost`` holds the energy of the events the engine counted (synaptic operations and
 neuron updates) and ``report`` what quantisation changed.
