@@ -178,3 +178,13 @@ def test_runtime_is_reachable_from_a_plain_import():
 
     fresh = importlib.import_module("hal")
     assert callable(fresh.runtime.plan)
+
+
+def test_devices_that_refuse_nonfinite_inputs_say_how_many(monkeypatch):
+    d = hal.device("cpu")
+    monkeypatch.setattr(type(d), "refuses_nonfinite", True)
+    x = torch.tensor([[1.0, float("nan"), float("inf")]])
+    with pytest.raises(InvalidInput, match="2 NaN/inf"):
+        d.relu(x)
+    assert torch.equal(d.relu(torch.tensor([0.5, -1.0])), torch.tensor([0.5, 0.0]))
+    d.relu(torch.empty(0))

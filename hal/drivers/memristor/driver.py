@@ -523,17 +523,6 @@ class MemristorDevice(Device):
         program = self._new_program(op, grid, run)  # its cost (the estimate) includes reprogramming b
         return program
 
-    def check_finite(self, tensors, what: str) -> None:
-        """The contract's NaN/inf refusal with one reduction per tensor: min and max propagate NaN and are
-        infinite when an element is, so only a failing tensor pays for the contract's counting message."""
-        for t in tensors:
-            if t.is_floating_point() and t.numel():
-                low, high = torch.aminmax(t)
-                if not (math.isfinite(float(low)) and math.isfinite(float(high))):
-                    super().check_finite([t], what)
-            elif t.is_complex():
-                super().check_finite([t], what)
-
     # ------------------------------------------------------------------ lifecycle
     def manual_seed(self, seed: int) -> None:
         """Reseed the device's noise sources: programming draws and per-read output noise repeat after this."""
