@@ -264,15 +264,6 @@ class Loihi2Device(Device):
         return 2.0 * (1.0 / (steps * rate) + rate / 2.0)
 
     # ---- support
-    def supports(self, op: OpSpec) -> Support:
-        # Device.supports ends in `self._check(op) or Support.yes()`, and a refusal is falsy, so it would turn
-        # this driver's refusals into yes: apply _check's verdict here.
-        base = super().supports(op)
-        if not base:
-            return base
-        verdict = self._check(op)
-        return verdict if verdict is not None else base
-
     def _lif_shapes(self, op: OpSpec) -> tuple[int, int, int, int]:
         """(T, B, n_in, n_out) of a lif_layer op, or ShapeError."""
         if len(op.inputs) != 1 or len(op.inputs[0].shape) != 3:
