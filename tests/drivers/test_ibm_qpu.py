@@ -11,17 +11,16 @@ import torch
 import hal
 from hal.capability import validate
 from hal.device import OpSpec, TensorSpec
-from hal.drivers.ibm_qpu import Circuit, IbmQpuDevice, counts
-from hal.drivers.ibm_qpu import backends, service
+from hal.drivers.ibm_qpu import Circuit, IbmQpuDevice, backends, counts, service
 from hal.drivers.ibm_qpu.primitives import check_isa
 from hal.drivers.ibm_qpu.solvers import brute_force_qubo
 from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput, ShapeError, UnsupportedOp
 from hal.testing.conformance import DeviceConformance
 
 qiskit = pytest.importorskip("qiskit")
-from qiskit import QuantumCircuit  # noqa: E402
-from qiskit.circuit import Gate, ParameterVector  # noqa: E402
-from qiskit.quantum_info import SparsePauliOp, Statevector  # noqa: E402
+from qiskit import QuantumCircuit
+from qiskit.circuit import Gate, ParameterVector
+from qiskit.quantum_info import SparsePauliOp, Statevector
 
 pytestmark = pytest.mark.filterwarnings("error::DeprecationWarning")
 TOKEN = "sekrit-token-0123456789abcdef"
@@ -61,7 +60,7 @@ def no_credentials(monkeypatch, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Properties of fake_nighthawk:UserWarning")
 def test_probe_lists_the_simulator_and_every_fake_backend_without_building_them(no_credentials, monkeypatch):
-    import qiskit_ibm_runtime.fake_provider as fake_provider
+    from qiskit_ibm_runtime import fake_provider
 
     monkeypatch.setattr(backends, "fake_backend", lambda name: pytest.fail("probe must not instantiate backends"))
     infos = IbmQpuDevice.probe()
@@ -124,7 +123,7 @@ def test_sampled_jobs_on_the_ideal_simulator_take_any_gate_set():
 
     d = hal.device("ibm_qpu:aer?shots=1000&seed=1")
     qc = real_amplitudes(2, reps=1)
-    values, stds = d.prepare_circuit(qc, ["ZZ"])(torch.zeros(1, qc.num_parameters, dtype=torch.float64))
+    values, _ = d.prepare_circuit(qc, ["ZZ"])(torch.zeros(1, qc.num_parameters, dtype=torch.float64))
     assert float(values[0, 0]) == pytest.approx(1.0) and set(d.transpiler.isa(Circuit(qc)).count_ops()) <= {"rz", "sx", "x", "cz"}
 
 
@@ -242,14 +241,10 @@ class FakeJob:
 class FakeService:
     """Stands in for QiskitRuntimeService: its backends are fake snapshots, its errors quote the token."""
 
-    calls: list[str] = []
-
     def __init__(self, **kwargs):
-        FakeService.calls.append("connect")
         self._account = type("Account", (), {"token": TOKEN})()
 
     def backends(self, simulator=False, operational=True):
-        FakeService.calls.append("backends")
         return [type("B", (), {"name": "ibm_manila"})()]
 
     def backend(self, name):

@@ -14,9 +14,9 @@ from hal.drivers.ibm_qpu.layer import check_shift_rule
 from hal.errors import InvalidInput
 
 pytest.importorskip("qiskit")
-from qiskit import QuantumCircuit  # noqa: E402
-from qiskit.circuit import Parameter  # noqa: E402
-from qiskit.quantum_info import SparsePauliOp, Statevector  # noqa: E402
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.quantum_info import SparsePauliOp, Statevector
 
 pytestmark = pytest.mark.filterwarnings("error::DeprecationWarning")
 

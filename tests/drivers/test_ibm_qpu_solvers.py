@@ -57,7 +57,7 @@ def test_qaoa_maxcut_beats_the_p1_bound_and_deeper_circuits_do_better():
     n = 8
     edges = random_regular_graph(n, 3, seed=1)
     _, optimum = brute_force_qubo(maxcut_qubo(n, edges))
-    p1, cut1 = qaoa_maxcut(n, edges, device, reps=1, maxiter=60)
+    _, cut1 = qaoa_maxcut(n, edges, device, reps=1, maxiter=60)
     p2, cut2 = qaoa_maxcut(n, edges, device, reps=2, maxiter=60)
     ratio1, ratio2 = cut1 / -optimum, cut2 / -optimum
     assert ratio1 >= FARHI_P1_BOUND and ratio2 >= ratio1 - 1e-6

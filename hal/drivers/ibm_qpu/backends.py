@@ -76,7 +76,7 @@ def fake_backend(name: str) -> Any:
     Some snapshots warn on construction that their figures are illustrative (fake_nighthawk); the
     warning is kept out of hal's output and the fact is in the device notes instead.
     """
-    import qiskit_ibm_runtime.fake_provider as fake_provider
+    from qiskit_ibm_runtime import fake_provider
     from qiskit_ibm_runtime.fake_provider.fake_backend import FakeBackendV2
 
     for obj in vars(fake_provider).values():

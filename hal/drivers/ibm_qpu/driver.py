@@ -31,7 +31,15 @@ import torch
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, TensorSpec
 from hal.drivers.ibm_qpu import backends
-from hal.drivers.ibm_qpu.primitives import IDEAL_BASIS, Circuit, Executor, TranspileCache, binding_array, observable_terms, sparse_observables
+from hal.drivers.ibm_qpu.primitives import (
+    IDEAL_BASIS,
+    Circuit,
+    Executor,
+    TranspileCache,
+    binding_array,
+    observable_terms,
+    sparse_observables,
+)
 from hal.drivers.ibm_qpu.service import SETUP_FIX, Connection, Credentials, JobPolicy, JobRunner, connect, find_credentials
 from hal.errors import CapacityExceeded, DeviceUnavailable, HalError, InvalidInput, ShapeError, UnsupportedOp
 
@@ -351,7 +359,7 @@ class IbmQpuDevice(Device):
             for layer in range(layers):
                 for q in range(n):
                     qc.rx(0.1 * (q + layer), q)
-                for q in range(0, n - 1):
+                for q in range(n - 1):
                     qc.cx(q, q + 1)
             qc.save_statevector()
             isa = transpile(qc, self.backend)

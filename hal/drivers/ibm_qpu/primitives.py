@@ -100,7 +100,7 @@ def observable_terms(observables: Any, num_qubits: int) -> ObservableTerms:
                 op = SparsePauliOp.from_list(list(item))
             else:
                 op = SparsePauliOp(item)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - qiskit raises assorted types for a malformed operator/circuit; reported as hal errors
             raise InvalidInput(f"observable {i} ({item!r}) is not a Pauli operator ({exc}); give a SparsePauliOp or a label like 'ZIZ'") from None
         if op.num_qubits != num_qubits:
             raise ShapeError(f"observable {i} acts on {op.num_qubits} qubits but the circuit has {num_qubits}; write one Pauli letter per circuit qubit (rightmost letter = qubit 0)")
@@ -166,7 +166,7 @@ class TranspileCache:
                 self._pass_manager = generate_preset_pass_manager(optimization_level=self.optimization_level, backend=self.backend, seed_transpiler=self.seed)
         try:
             isa = self._pass_manager.run(circuit.circuit)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - qiskit raises assorted types for a malformed operator/circuit; reported as hal errors
             raise UnsupportedOp(f"{self.backend.name} cannot run this circuit: transpilation failed ({type(exc).__name__}: {exc})") from None
         check_isa(isa, target, self.backend.name)
         self._isa[circuit.key] = isa

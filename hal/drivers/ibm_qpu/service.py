@@ -68,7 +68,7 @@ def find_credentials(environ: Mapping[str, str] | None = None, saved_accounts: C
         saved_accounts = read_account_file
     try:
         accounts = saved_accounts() or {}
-    except Exception as exc:  # an unreadable account file is reported as "no credentials", with why
+    except Exception as exc:  # noqa: BLE001 - an unreadable account file is reported as "no credentials", with why
         logger.warning("could not read saved IBM Quantum accounts: %s", type(exc).__name__)
         return None
     if not accounts:
@@ -111,14 +111,14 @@ class Connection:
         """Names of the operational QPUs this account can use (one network call)."""
         try:
             return sorted(b.name for b in self.service.backends(simulator=False, operational=True))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a library error of any type is reported, redacted
             raise DeviceUnavailable("ibm_qpu:*", redact(f"listing IBM Quantum backends failed ({type(exc).__name__}: {exc})", self.secrets), "check the network and the account's instance") from None
 
     def backend(self, name: str) -> Any:
         """The backend object for ``name`` (one network call)."""
         try:
             return self.service.backend(name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a library error of any type is reported, redacted
             raise DeviceUnavailable(f"ibm_qpu:{name}", redact(f"IBM Quantum has no backend {name!r} for this account ({type(exc).__name__}: {exc})", self.secrets), "pick one of `hal devices --all`") from None
 
 
@@ -131,7 +131,7 @@ def connect(credentials: Credentials, service_factory: Callable[..., Any] | None
     kwargs = {"name": credentials.account_name} if credentials.account_name else {}
     try:
         service = service_factory(**kwargs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a library error of any type is reported, redacted
         secrets = [os.environ.get(TOKEN_VARIABLE, "")]
         raise DeviceUnavailable("ibm_qpu:*", redact(f"connecting to IBM Quantum with the {credentials.source} failed ({type(exc).__name__}: {exc})", secrets), SETUP_FIX) from None
     return Connection(service, credentials, _secrets_of(service))
@@ -190,7 +190,7 @@ class JobRunner:
                 self.sleep(self.policy.poll_s)
             try:
                 return job.result()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a library error of any type is reported, redacted
                 raise DeviceFailure(redact(f"{what}: job {job_id} failed ({type(exc).__name__}: {exc})", self.secrets)) from None
         except KeyboardInterrupt:
             self._cancel(job)
@@ -205,7 +205,7 @@ class JobRunner:
             attempt += 1
             try:
                 return submit()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a library error of any type is reported, redacted
                 message = redact(f"{type(exc).__name__}: {exc}", self.secrets)
                 if not is_transient(exc) or attempt > self.policy.retries:
                     tries = f" after {attempt} attempts" if attempt > 1 else ""
@@ -218,7 +218,7 @@ class JobRunner:
     def _cancel(self, job: Any) -> None:
         try:
             job.cancel()
-        except Exception as exc:  # a job that already finished cannot be cancelled; nothing else to do
+        except Exception as exc:  # noqa: BLE001 - a job that already finished cannot be cancelled; nothing else to do
             logger.warning("cancelling job %s failed: %s", job.job_id(), redact(str(exc), self.secrets))
 
     def cancel_all(self) -> int:

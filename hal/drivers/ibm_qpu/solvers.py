@@ -228,7 +228,7 @@ def qubo_minimize(q: np.ndarray, device: Any, reps: int = 1, shots: int | None =
             start = grid[int(np.argmin(objective(grid)))]
         else:
             start = np.concatenate([_interp(angles[: p - 1]), _interp(angles[p - 1 :])])
-        result = minimize(lambda a: float(objective(a)[0]), start, method="COBYLA", options={"maxiter": maxiter, "rhobeg": 0.2})
+        result = minimize(lambda a, f=objective: float(f(a)[0]), start, method="COBYLA", options={"maxiter": maxiter, "rhobeg": 0.2})
         angles = np.asarray(result.x)
         levels.append(QaoaLevel(p, angles[:p].copy(), angles[p:].copy(), float(result.fun)))
         if p < reps:

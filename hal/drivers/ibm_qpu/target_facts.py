@@ -27,7 +27,7 @@ def calibration_time(backend: Any) -> str | None:
         return None
     try:
         props = properties()
-    except Exception:  # a backend without stored properties (simulator, fresh device) has no calibration
+    except Exception:  # noqa: BLE001 - a backend without stored properties (simulator, fresh device) has no calibration
         return None
     stamp = getattr(props, "last_update_date", None) if props is not None else None
     return stamp.isoformat() if stamp is not None else None
@@ -123,7 +123,7 @@ def quantum_section(backend: Any, name: str, max_shots: int | None, max_circuits
         try:
             processor_type = getattr(configuration(), "processor_type", None) or {}
             processor = " ".join(str(processor_type[k]) for k in ("family", "revision", "segment") if processor_type.get(k)) or None
-        except Exception:  # a backend without a configuration object (a simulator) has no processor type
+        except Exception:  # noqa: BLE001 - a backend without a configuration object (a simulator) has no processor type
             processor = None
     return QuantumSection(
         backend=name,
