@@ -44,7 +44,9 @@ class QuantumSection:
     """Qubits, native gates, connectivity, coherence, errors, durations and job limits of one backend.
 
     Times are in seconds (``t1_s``, ``gate_duration_2q_s``...), errors are probabilities (0..1). A figure
-    the backend does not report (an ideal simulator has no T1) is ``None``, never a guess.
+    the backend does not report (an ideal simulator has no T1) is ``None``, never a guess. ``unusable_2q_pairs``
+    counts qubit pairs whose two-qubit gate is calibrated with error 1 (a broken coupler; it makes the worst
+    2-qubit error 1.0).
     """
 
     backend: str
@@ -62,6 +64,7 @@ class QuantumSection:
     gate_duration_2q_s: Spread | None = None
     readout_error: Spread | None = None
     readout_duration_s: Spread | None = None
+    unusable_2q_pairs: int = 0
     max_shots: int | None = None
     max_circuits: int | None = None
     processor: str | None = None

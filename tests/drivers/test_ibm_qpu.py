@@ -83,7 +83,7 @@ def test_fake_backend_capabilities_come_from_its_calibration():
     assert section.t1_s.worst.value <= section.t1_s.median.value and section.t1_s.count == 5
     assert section.gate_error_2q.worst.value >= section.gate_error_2q.median.value > section.gate_error_1q.median.value
     assert section.readout_error.median.value > 0 and section.gate_duration_2q_s.median.value > section.gate_duration_1q_s.median.value
-    assert section.max_shots == 100000 and caps.ops["expectation"].limits["max_qubits"] == 5
+    assert section.max_shots == 100000 and caps.ops["expectation"].limits["max_qubits"] == 5 and section.unusable_2q_pairs == 0
     assert caps.simulated and not caps.deterministic and section.noise_model
 
 

@@ -141,6 +141,7 @@ def quantum_section(backend: Any, name: str, max_shots: int | None, max_circuits
         gate_duration_2q_s=_spread(dur_2q, "s", source, True, "2-qubit gate durations"),
         readout_error=_spread(readout_err, "probability", source, True, "readout errors"),
         readout_duration_s=_spread(readout_dur, "s", source, True, "readout durations"),
+        unusable_2q_pairs=sum(1 for e in err_2q if e >= 1.0),
         max_shots=max_shots,
         max_circuits=max_circuits,
         processor=processor,
