@@ -545,7 +545,7 @@ class Device(ABC):
     # ---- input checks shared by Programs and eager ops
     def check_tensor_device(self, t: torch.Tensor, what: str) -> None:
         """Inputs may live on the host or on this device's torch device; anything else is refused."""
-        if t.device.type != "cpu" and t.device != self.torch_device:
+        if t.device.type != "cpu" and not _same_torch_device(t.device, self.torch_device):
             raise DeviceMismatch(f"{what} is on {t.device} but {self.uri} computes on {self.torch_device}; move it with .to('{self.torch_device}') or .cpu()")
 
     def check_finite(self, tensors: Iterable[torch.Tensor], what: str) -> None:
@@ -598,6 +598,17 @@ class Device(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _same_torch_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` (no index) means the current CUDA device, so it equals ``cuda:0`` when 0 is current."""
+
+    def resolved(d: torch.device) -> torch.device:
+        if d.index is None and d.type == "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        return d
+
+    return a.type == b.type and (a.index == b.index or resolved(a) == resolved(b))
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
