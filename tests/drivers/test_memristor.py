@@ -29,7 +29,8 @@ def _seeded_torch():
 
 
 def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
+    out, ref = out.detach().cpu().double(), ref.detach().cpu().double()
+    return float((out - ref).norm() / ref.norm())
 
 
 def fresh(uri: str) -> MemristorDevice:
