@@ -149,7 +149,7 @@ def main() -> None:
     ten_k = rows[1]
     if not gpu:
         document = {
-            "environment": dict(environment("cpu"), lava=lava.path and "lava-nc 0.10.0 (Python 3.10 worker)", lava_found_by=lava.found_by,
+            "environment": dict(environment("cpu"), lava=lava.path and "lava-nc 0.10.0 (Python 3.10 worker)", lava_found_by=lava.found_by.replace(str(RESULTS.parents[1]), 'the repository root'),
                                 load_average_1_5_15=list(os.getloadavg())),
             "method": "same network and input in lava Loihi2SimCfg(select_tag='fixed_pt') and the engine; lava timed without monitors "
                       "after a 1-step start-up run (best of 2), then re-run with a spike monitor for the comparison; engine: best of repeats "

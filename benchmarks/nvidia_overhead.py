@@ -61,7 +61,7 @@ def run_gpu_tests() -> dict:
     conformance = [t for t in tests if t["name"].startswith("TestConformance")]
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
     return {
-        "command": " ".join(cmd[1:]),
+        "command": " ".join(cmd[1:-1] + ["--junitxml=$OUT/nvidia_gpu_tests.xml"]),
         "exit_code": proc.returncode,
         "seconds": round(seconds, 1),
         "summary": {**counts, "conformance_tests": len(conformance), "conformance_passed": bool(conformance) and all(t["outcome"] == "passed" for t in conformance)},
