@@ -14,6 +14,7 @@ rules), ``diagnose()`` (for ``hal doctor``), ``telemetry()``, ``manual_seed()``,
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -112,6 +113,32 @@ def choice(values: Mapping[str, Any]) -> Callable[[str], Any]:
         if text not in values:
             raise ValueError(f"{text!r} is not one of {', '.join(values)}")
         return values[text]
+
+    return parse
+
+
+def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An option parser for an integer in [low, high] (no upper bound when ``high`` is None)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be an integer {'from ' + str(low) + ' to ' + str(high) if high is not None else '>= ' + str(low)}")
+        return value
+
+    return parse
+
+
+def bounded_float(low: float, high: float | None = None, *, include_low: bool = True) -> Callable[[str], float]:
+    """An option parser for a finite number >= low (> low unless ``include_low``), at most ``high``."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        above = value >= low if include_low else value > low
+        if not (above and math.isfinite(value)) or (high is not None and value > high):
+            bound = f"{'>=' if include_low else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise ValueError(f"must be a finite number {bound}")
+        return value
 
     return parse
 

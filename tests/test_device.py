@@ -188,3 +188,19 @@ def test_devices_that_refuse_nonfinite_inputs_say_how_many(monkeypatch):
         d.relu(x)
     assert torch.equal(d.relu(torch.tensor([0.5, -1.0])), torch.tensor([0.5, 0.0]))
     d.relu(torch.empty(0))
+
+
+def test_bounded_option_parsers_say_the_range():
+    from hal.device import bounded_float, bounded_int
+
+    assert bounded_int(1)("3") == 3
+    with pytest.raises(ValueError, match=">= 1"):
+        bounded_int(1)("0")
+    with pytest.raises(ValueError, match="from 1 to 32"):
+        bounded_int(1, 32)("33")
+    assert bounded_float(0)("0") == 0.0
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(ValueError, match="finite"):
+            bounded_float(0)(bad)
+    with pytest.raises(ValueError, match="> 0"):
+        bounded_float(0, include_low=False)("0")

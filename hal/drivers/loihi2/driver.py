@@ -31,7 +31,7 @@ import torch
 
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.capability.neuromorphic import ChipLimits, NeuroCoreLimits, NeuromorphicSection, NumberFormats
-from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, parse_bool
+from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, bounded_int, parse_bool
 from hal.drivers.loihi2.engine import DenseSynapse, LifLayer, LifNetwork, LifParams
 from hal.drivers.loihi2.lava_client import SETUP_HINT, LavaWorker, find_lava_python, network_request
 from hal.drivers.loihi2.mapper import INTEL_BRIEF, LayerShape, Loihi2Spec, Mapping, map_layers
@@ -73,13 +73,6 @@ def _backend(text: str) -> str:
     return text
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be a positive integer")
-    return value
-
-
 def target_rate(steps: int) -> float:
     """Spikes per step the largest pre-activation is balanced to: sqrt(2/T), at most TARGET_MAX_RATE."""
     return min(TARGET_MAX_RATE, math.sqrt(2.0 / steps))
@@ -99,13 +92,13 @@ class Loihi2Device(Device):
     kind = "loihi2"
     refuses_nonfinite = True
     OPTIONS: ClassVar[dict[str, Option]] = {
-        "steps": Option(_positive, 256, "time steps a rate-coded vocabulary op runs (positive integer)"),
+        "steps": Option(bounded_int(1), 256, "time steps a rate-coded vocabulary op runs (positive integer)"),
         "backend": Option(
             _backend, "engine",
             "'engine' (hal's bit-accurate torch engine), 'lava' (lava-nc's Loihi2SimCfg through its Python 3.10 worker) "
             "or 'hardware' (lava's Loihi2HwCfg on a Loihi 2 board; needs lava-loihi)",
         ),
-        "chips": Option(_positive, 1, "chips in the system (multi-chip boards: e.g. 8 for Kapoho Point)"),
+        "chips": Option(bounded_int(1), 1, "chips in the system (multi-chip boards: e.g. 8 for Kapoho Point)"),
         "python": Option(str, None, "a Python 3.10 interpreter with lava-nc, for ?backend=lava"),
         "strict": Option(parse_bool, False, "refuse weights that quantisation would clip or truncate instead of reporting it"),
         "compute": Option(str, "cpu", "torch device the engine computes on: 'cpu' or 'cuda[:n]'"),

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from hal import ops as vocabulary
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.capability.analog import AnalogSection, Converters, CrossbarTiles
-from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, TensorSpec, parse_bool
+from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, TensorSpec, bounded_float, bounded_int, parse_bool
 from hal.drivers.memristor.config import CrossbarConfig, NonIdealities, TileConfig
 from hal.drivers.memristor.energy import ProgrammingReport, ReadCounters, expected_read_counters, read_time_s
 from hal.drivers.memristor.tile import Crossbar, TileGrid
@@ -55,20 +55,6 @@ _SWITCHES = {
     "quantization": "quantization",
     "drift_compensation": "drift_compensation",
 }
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be a positive integer")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or math.isinf(value):
-        raise ValueError("must be a finite number >= 0")
-    return value
 
 
 class MemristorProgram(Program):
@@ -99,20 +85,20 @@ class MemristorDevice(Device):
     kind = "memristor"
     refuses_nonfinite = True
     OPTIONS: ClassVar[dict[str, Option]] = {
-        "tile": Option(_positive_int, 256, "rows and columns of one crossbar tile (a positive integer)"),
-        "tiles": Option(_positive_int, 64, "number of crossbar tiles (arrays) the device has"),
+        "tile": Option(bounded_int(1), 256, "rows and columns of one crossbar tile (a positive integer)"),
+        "tiles": Option(bounded_int(1), 64, "number of crossbar tiles (arrays) the device has"),
         "seed": Option(int, 0, "seed of every device draw (programming noise, faults, drift, read noise)"),
-        "t": Option(_non_negative, 0.0, "seconds after the drift reference time t0 = 20 s at which reads happen"),
+        "t": Option(bounded_float(0), 0.0, "seconds after the drift reference time t0 = 20 s at which reads happen"),
         "compute": Option(str, "cpu", "torch device the emulation runs on: 'cpu' or 'cuda' / 'cuda:N'"),
         "ideal": Option(parse_bool, False, "1 turns every non-ideality off except those switched on explicitly (?ideal=1&drift=1)"),
-        "input_range": Option(_non_negative, 0.0, "static DAC range (inputs beyond it clip and are counted); 0 scales each input vector"),
-        "dac_bits": Option(_positive_int, 8, "signed DAC resolution in bits"),
-        "adc_bits": Option(_positive_int, 8, "signed ADC resolution in bits"),
-        "levels": Option(_positive_int, 128, "programmable conductance levels per device"),
-        "stuck_gmin": Option(_non_negative, 1e-4, "fraction of devices stuck at g_min"),
-        "stuck_gmax": Option(_non_negative, 1e-4, "fraction of devices stuck at g_max"),
+        "input_range": Option(bounded_float(0), 0.0, "static DAC range (inputs beyond it clip and are counted); 0 scales each input vector"),
+        "dac_bits": Option(bounded_int(1), 8, "signed DAC resolution in bits"),
+        "adc_bits": Option(bounded_int(1), 8, "signed ADC resolution in bits"),
+        "levels": Option(bounded_int(1), 128, "programmable conductance levels per device"),
+        "stuck_gmin": Option(bounded_float(0, 1), 1e-4, "fraction of devices stuck at g_min"),
+        "stuck_gmax": Option(bounded_float(0, 1), 1e-4, "fraction of devices stuck at g_max"),
         "write_verify": Option(int, 3, "program-and-verify rounds after the first pulse (0: single shot)"),
-        "tolerance_us": Option(_non_negative, 0.5, "write-verify tolerance in microsiemens"),
+        "tolerance_us": Option(bounded_float(0), 0.5, "write-verify tolerance in microsiemens"),
         **{name: Option(parse_bool, True, f"1/0: simulate {field.replace('_', ' ')}") for name, field in _SWITCHES.items()},
     }
 

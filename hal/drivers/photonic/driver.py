@@ -31,7 +31,7 @@ import torch
 
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.capability.photonic import MeshLayout, PhotonicSection, Readout
-from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, choice, parse_bool
+from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, bounded_int, choice, parse_bool
 from hal.drivers.photonic.energy import EnergyConfig, call_cost
 from hal.drivers.photonic.imperfections import PhotonicConfig, db_to_amplitude
 from hal.drivers.photonic.processor import Fabrication, PhotonicMatrix
@@ -52,13 +52,6 @@ def _ports(text: str) -> int:
     value = int(text)
     if not 2 <= value <= 512:
         raise ValueError("must be between 2 and 512 ports")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be a positive integer")
     return value
 
 
@@ -108,8 +101,8 @@ class PhotonicDevice(Device):
         "phase_bits": Option(_bits, 12, "phase-shifter DAC bits (0: continuous phases)"),
         "adc_bits": Option(_bits, 8, "ADC bits per output (0: no ADC quantisation)"),
         "snr_db": Option(_snr, 50.0, "required amplitude SNR at a detector for a full-scale output, in dB (sets the laser power)"),
-        "channels": Option(_positive_int, 8, "WDM wavelength channels processed in parallel"),
-        "max_tiles": Option(_positive_int, 64, "the most N x N tiles one weight may be cut into"),
+        "channels": Option(bounded_int(1), 8, "WDM wavelength channels processed in parallel"),
+        "max_tiles": Option(bounded_int(1), 64, "the most N x N tiles one weight may be cut into"),
         "crosstalk": Option(parse_bool, True, "thermal crosstalk between neighbouring heaters (1/0)"),
         "fabrication": Option(parse_bool, True, "coupler splitting errors of the chip (1/0)"),
         "loss": Option(parse_bool, True, "insertion loss per MZI and per idle crossing (1/0)"),

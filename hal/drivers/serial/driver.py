@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
-from hal.device import Check, Cost, Device, DeviceInfo, DeviceURI, OpSpec, Option, Program, Support
+from hal.device import Check, Cost, Device, DeviceInfo, DeviceURI, OpSpec, Option, Program, Support, bounded_float, bounded_int
 from hal.drivers.serial import protocol as p
 from hal.drivers.serial.client import BoardClient, BoardError, BoardReset, LinkCounters, NoAnswer, Request
 from hal.drivers.serial.faults import FaultPlan
@@ -44,27 +44,6 @@ VERIFY_SIGMAS = 6.0
 #: STATUS round trips timed at open for the measured round-trip figure.
 RTT_SAMPLES = 5
 EMULATED = ("emu", "loop://")
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _window(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 32:
-        raise ValueError("must be 1..32")
-    return value
 
 
 def _faults(text: str) -> str:
@@ -118,10 +97,10 @@ class BoardDevice(Device):
     refuses_nonfinite = True
     OPTIONS = {
         "port": Option(str, None, "the link: a serial device (/dev/ttyUSB0, COM3), a pyserial URL (socket://host:port), 'emu' (board emulator on a pty) or 'loop://' (emulator in this process)"),
-        "baud": Option(_count, DEFAULT_BAUD, f"line rate in baud, 8N1 (default {DEFAULT_BAUD}); for emulated boards the rate they emulate, 0 = unthrottled"),
-        "timeout_s": Option(_positive_float, 1.0, "seconds to wait for an answer beyond the time its bytes take on the line"),
-        "retries": Option(_count, 3, "times an idempotent request is resent after a timeout or a corrupted answer"),
-        "window": Option(_window, 4, "requests in flight at once (1 = stop-and-wait)"),
+        "baud": Option(bounded_int(0), DEFAULT_BAUD, f"line rate in baud, 8N1 (default {DEFAULT_BAUD}); for emulated boards the rate they emulate, 0 = unthrottled"),
+        "timeout_s": Option(bounded_float(0, include_low=False), 1.0, "seconds to wait for an answer beyond the time its bytes take on the line"),
+        "retries": Option(bounded_int(0), 3, "times an idempotent request is resent after a timeout or a corrupted answer"),
+        "window": Option(bounded_int(1, 32), 4, "requests in flight at once (1 = stop-and-wait)"),
         "device": Option(str, "", "emulated boards only: the hosted device's own options, URL-encoded (device=tile%3D128 hosts memristor:0?tile=128)"),
         "faults": Option(_faults, "", "emulated boards only: fault plan, e.g. faults=drop:0.001,brownout:5 (see hal/drivers/serial/faults.py)"),
     }
