@@ -23,7 +23,7 @@ from rich.tree import Tree
 import hal
 from hal import registry
 from hal.capability import Capabilities, Figure, to_jsonable
-from hal.device import Device, DeviceInfo, OpSpec
+from hal.device import Device, OpSpec
 from hal.errors import DeviceUnavailable, HalError, InvalidInput, UnknownDevice
 
 EXIT_DEVICE = 3
