@@ -16,16 +16,20 @@ from hypothesis import strategies as st
 
 import hal
 from hal.capability import validate
-from hal.drivers.serial import BoardDevice, discovery
-from hal.drivers.serial import protocol as p
-from hal.drivers.serial.client import BoardClient, BoardError, NoAnswer, Request
-from hal.drivers.serial.faults import FaultPlan
-from hal.drivers.serial.firmware import BoardConfig, Firmware, read_array
-from hal.drivers.serial.framing import FrameDecoder, crc32, encode_frame
-from hal.drivers.serial.protocol import Command, Message, Status
-from hal.drivers.serial.transport import EmulatorSpec, InProcessLink
-from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput
-from hal.testing.conformance import DeviceConformance
+
+for _module in ("serial", "cobs", "crcmod"):  # the 'serial' extra
+    pytest.importorskip(_module, reason=f"{_module} is not installed (pip install 'hal[serial]')")
+
+from hal.drivers.serial import BoardDevice, discovery  # noqa: E402
+from hal.drivers.serial import protocol as p  # noqa: E402
+from hal.drivers.serial.client import BoardClient, BoardError, NoAnswer, Request  # noqa: E402
+from hal.drivers.serial.faults import FaultPlan  # noqa: E402
+from hal.drivers.serial.firmware import BoardConfig, Firmware, read_array  # noqa: E402
+from hal.drivers.serial.framing import FrameDecoder, crc32, encode_frame  # noqa: E402
+from hal.drivers.serial.protocol import Command, Message, Status  # noqa: E402
+from hal.drivers.serial.transport import EmulatorSpec, InProcessLink  # noqa: E402
+from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput  # noqa: E402
+from hal.testing.conformance import DeviceConformance  # noqa: E402
 
 # --------------------------------------------------------------------------- framing
 
