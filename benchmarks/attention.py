@@ -237,81 +237,6 @@ def sweep(spec: str, names: list[str], seqs: list[int]) -> list[dict]:
     return rows
 
 
-def variant_forward(attn, qkv: tuple, config, per_head_map, lazy: bool) -> torch.Tensor:
-    """Our forward with one A/B variant: ``per_head_map`` (a block map whose query order is last-to-first, one
-    (batch, head) after another) replaces the L2-aware LPT schedule when given; ``lazy`` picks the rescaling."""
-    attn.lazy_rescale = lazy
-    if per_head_map is not None:
-        attn.block_map = lambda *a: per_head_map
-        attn._l2_heads = lambda *a: 1
-    try:
-        return attn.forward(*qkv, HEAD_DIM ** -0.5, config)[0]
-    finally:
-        attn.lazy_rescale = True
-        attn.__dict__.pop("block_map", None)
-        attn.__dict__.pop("_l2_heads", None)
-
-
-def ab_forward(cases: list[tuple[str, int]], flex, create_block_mask, save: Callable[[list], None]) -> list[dict]:
-    """Forward A/B of the scheduling and rescaling variants on one autotuned tile config, Flex alongside.
-
-    Variants: ``per_head`` (each (batch, head)'s query tiles from last to first, heads one after another: the
-    launch order before the L2-aware LPT schedule) or ``lpt`` (the kernel's schedule), each with eager or lazy
-    (conditional) rescaling. Every variant's output is compared with the float64-checked default's; timings are
-    interleaved (variant by variant, three rounds) so clock drift hits all of them alike.
-    """
-    import dataclasses
-    rows = []
-    for name, seq in cases:
-        batch = max(1, 16384 // seq)
-        pattern, mask_mod, pairs = pattern_specs(seq)[name]
-        fwd_flop = 4.0 * batch * HEADS * pairs * HEAD_DIM
-        gen = torch.Generator(device="cuda").manual_seed(1234 + seq)
-        q, k, v = (torch.randn(batch, HEADS, seq, HEAD_DIM, device="cuda", dtype=DTYPE, generator=gen)
-                   for _ in range(3))
-        attn = compile_attention(pattern, head_dim=HEAD_DIM, dtype=DTYPE)
-        with torch.no_grad():
-            ours = attn(q, k, v)
-        fc = attn.configs_for(q, k)[0]
-        bm = attn.block_map(q, k, fc.block_m, fc.block_n)
-        q_tiles = bm.states.shape[2]
-        per_head = dataclasses.replace(bm, query_order=torch.arange(q_tiles - 1, -1, -1, device="cuda",
-                                                                    dtype=torch.int32))
-        l2_heads = attn._l2_heads(q, k)
-        variants = {f"{sched}+{'lazy' if lazy else 'eager'}":
-                    functools.partial(variant_forward, attn, (q, k, v), fc, per_head if sched == "per_head" else None,
-                                      lazy)
-                    for sched in ("per_head", "lpt") for lazy in (False, True)}
-        row = {"pattern": name, "seq": seq, "batch": batch, "fwd_flop": fwd_flop, "config_fwd": fc.__dict__,
-               "l2_heads": l2_heads, "ms": {vn: [] for vn in variants}, "rel_err_vs_default": {}}
-        with torch.no_grad():
-            for vname, run in variants.items():
-                row["rel_err_vs_default"][vname] = rel_err(run(), ours)
-            torch.cuda.empty_cache()
-            block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=seq, KV_LEN=seq, device="cuda")
-            flex_run = functools.partial(flex, q, k, v, block_mask=block_mask)
-            row["rel_err_flex_vs_default"] = rel_err(flex_run(), ours)
-            row["ms"]["flex"] = []
-            rep = max(100, int(12 * bench(flex_run)))  # long kernels: at least a dozen timed calls each
-            import triton.testing
-            for _ in range(3):
-                for vname, run in list(variants.items()) + [("flex", flex_run)]:
-                    row["ms"][vname].append(float(triton.testing.do_bench(run, warmup=25, rep=rep,
-                                                                          return_mode="median")))
-            del block_mask
-        row["median_ms"] = {vname: sorted(t)[1] for vname, t in row["ms"].items()}
-        row["flex_over"] = {vname: row["median_ms"]["flex"] / t for vname, t in row["median_ms"].items()
-                            if vname != "flex"}
-        rows.append(row)
-        print("ab", name, seq, {vn: round(t, 4) for vn, t in row["median_ms"].items()},
-              {vn: round(r, 3) for vn, r in row["flex_over"].items()},
-              {vn: f"{e:.1e}" for vn, e in row["rel_err_vs_default"].items()}, flush=True)
-        save(rows)  # partial results survive a time limit
-        del q, k, v, ours
-        torch.cuda.empty_cache()
-    return rows
-
-
 def summarize(rows: list[dict]) -> dict:
     table: dict[str, dict] = {}
     for r in rows:
@@ -354,8 +279,6 @@ def main() -> int:
     ap.add_argument("--no-check", action="store_true", help="skip the float64 reference check")
     ap.add_argument("--sweep", default="", help="only time these forward tile configs of ours, e.g. "
                     "'128,128,8,2;256,64,8,2,tma' (block_m,block_n,warps,stages[,tma][,ws][,single])")
-    ap.add_argument("--ab", default="", help="only the forward A/B of schedule and rescaling variants for these "
-                    "cases, e.g. 'causal@4096,prefix_lm_1024@65536' (float64 check of every pattern first)")
     ap.add_argument("--out", default="benchmarks/results/attention.json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -394,14 +317,6 @@ def main() -> int:
                 res = {"pattern": name, "ok": False, "error": repr(e)[:300], "trace": traceback.format_exc()[-800:]}
             result["correctness"].append(res)
             print("check", res, flush=True)
-    if args.ab:
-        cases = [(c.split("@")[0], int(c.split("@")[1])) for c in args.ab.split(",")]
-        def save(rows: list) -> None:
-            result["ab_forward"] = rows
-            with open(args.out, "w") as f:
-                json.dump(result, f, indent=1)
-        save(ab_forward(cases, flex, create_block_mask, save))
-        return 0
     for seq in seqs:
         try:
             result["rows"] += run_seq(seq, names, flex, create_block_mask, not args.no_flex, not args.no_backward)

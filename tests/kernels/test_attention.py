@@ -272,53 +272,6 @@ def test_forward_variants(use_tma, warp_specialize, single_loop):
     assert rel(out, ref) < BF16_TOL
 
 
-def test_query_tiles_are_scheduled_costliest_first():
-    # causal: tile t visits t + 1 key tiles, so the last tile goes first; anti-causal (kv >= q) the reverse;
-    # a uniform window keeps later tiles first among equals
-    for mask, expected in ((patterns.causal(), [3, 2, 1, 0]),
-                           (patterns.from_mask_mod(lambda b, h, q, kv: kv >= q), [0, 1, 2, 3]),
-                           (patterns.sliding_window(40), [2, 1, 3, 0])):
-        bm = build_block_map(mask, 1, 1, 128, 128, 32, 32, torch.device("cpu"))
-        assert bm.query_order.tolist() == expected, mask
-
-
-@needs_kernel
-@pytest.mark.parametrize("b,h,l2_heads", [(1, 5, 2), (3, 1, 4), (2, 3, 1)])
-def test_schedule_sections_cover_every_tile_once(b, h, l2_heads):
-    # B*H not a multiple of the section size: the last section is smaller; a missed tile would keep
-    # torch.empty garbage in the output, a doubled one is harmless but a wrong index would show as an error
-    pattern = patterns.document([40, 56]) & patterns.causal()
-    attn = compile_attention(pattern, head_dim=16, dtype=torch.float16, autotune=False)
-    attn._l2_heads = lambda q, k: l2_heads
-    try:
-        check_against_reference(pattern, b=b, h=h, h_kv=1, s=96, d=16, dtype=torch.float16, seed=b * 7 + h)
-    finally:
-        del attn._l2_heads
-
-
-@needs_kernel
-@pytest.mark.parametrize("lazy", [True, False])
-def test_conditional_rescaling_when_the_row_max_jumps(lazy):
-    # dense attention over 8 full tiles of positive scores: keys of the first half are small (the row max moves by
-    # less than the lazy threshold: rescaling skipped, p above 1), keys of the second half 4x larger (the max
-    # jumps by about 30 in base 2: rescaling runs); with and without it the result must match the reference
-    pattern = patterns.full()
-    attn = compile_attention(pattern, head_dim=32, dtype=torch.bfloat16, autotune=False)
-    g = torch.Generator(device=DEVICE).manual_seed(31)
-    q = (torch.randn(1, 2, 64, 32, generator=g, device=DEVICE).abs() + 0.5).bfloat16()
-    k = torch.rand(1, 1, 256, 32, generator=g, device=DEVICE) + 0.5
-    k = (k * torch.where(torch.arange(256, device=DEVICE) < 128, 1.0, 4.0)[None, None, :, None]).bfloat16()
-    v = torch.randn(1, 1, 256, 32, generator=g, device=DEVICE).bfloat16()
-    attn.lazy_rescale = lazy
-    try:
-        out, lse = attn.forward(q, k, v, 32 ** -0.5)
-    finally:
-        attn.lazy_rescale = True
-    ref, ref_lse = attention_reference(q, k, v, pattern)
-    assert rel(out, ref) < BF16_TOL
-    assert (lse.double() - ref_lse).abs().max() < 2e-2
-
-
 @needs_kernel
 def test_wrong_inputs_are_refused():
     attn = compile_attention(patterns.causal(), head_dim=32, dtype=torch.float16)

@@ -44,7 +44,6 @@ class BlockMap:
     states: torch.Tensor
     by_query: TileLists
     by_key: TileLists
-    query_order: torch.Tensor  # int32 (q_tiles,): query tiles by visited key tiles (summed over b, h), descending
 
     @property
     def visited_fraction(self) -> float:
@@ -96,20 +95,7 @@ def tile_states(pattern: Pattern, batch: int, heads: int, seq_q: int, seq_kv: in
 def build_block_map(pattern: Pattern, batch: int, heads: int, seq_q: int, seq_kv: int, block_m: int,
                     block_n: int, device: torch.device) -> BlockMap:
     states = tile_states(pattern, batch, heads, seq_q, seq_kv, block_m, block_n, device)
-    return BlockMap(block_m, block_n, states, _lists(states), _lists(states.transpose(-1, -2).contiguous()),
-                    costliest_first(states))
-
-
-def costliest_first(states: torch.Tensor) -> torch.Tensor:
-    """Query tiles ordered by their number of visited key tiles, most first (ties: later tile first).
-
-    The forward kernel launches query tiles in this order (longest processing time first), so the cheap tiles
-    fill the end of the grid instead of one expensive tile running alone on an otherwise idle GPU.
-    """
-    cost = (states != EMPTY).sum(dim=(0, 1, 3), dtype=torch.int64)
-    later_first = torch.arange(cost.numel() - 1, -1, -1, device=cost.device)
-    order = torch.argsort(cost[later_first], descending=True, stable=True)
-    return later_first[order].to(torch.int32).contiguous()
+    return BlockMap(block_m, block_n, states, _lists(states), _lists(states.transpose(-1, -2).contiguous()))
 
 
 class BlockMapCache:

@@ -36,7 +36,6 @@ class ArchConfigs:
     forward: dict[int, tuple[TileConfig, ...]]
     backward_dkdv: dict[int, tuple[TileConfig, ...]]
     backward_dq: dict[int, tuple[TileConfig, ...]]
-    l2_bytes: int  # L2 cache size: the forward schedules (batch, head) pairs in sections whose K and V fit in it
 
 
 T = TileConfig
@@ -52,7 +51,6 @@ HOPPER = ArchConfigs(
     backward_dq={64: (T(64, 64, 4, 2), T(128, 64, 8, 3)),
                  128: (T(64, 64, 4, 2), T(128, 64, 8, 2), T(64, 32, 4, 3)),
                  256: (T(64, 32, 4, 2), T(64, 64, 8, 1))},
-    l2_bytes=50 * 2 ** 20,  # datasheet: NVIDIA H100 Tensor Core GPU Architecture whitepaper (50 MB L2, SXM5)
 )
 
 BLACKWELL = ArchConfigs(
@@ -61,7 +59,6 @@ BLACKWELL = ArchConfigs(
              256: (T(128, 64, 8, 2), T(64, 64, 4, 2))},
     backward_dkdv=HOPPER.backward_dkdv,
     backward_dq=HOPPER.backward_dq,
-    l2_bytes=50 * 2 ** 20,  # H100's figure (datasheet above), kept for Blackwell until measured there
 )
 
 # The Triton interpreter (TRITON_INTERPRET=1, CPU): small tiles so tests cross several tiles at small sizes.
@@ -69,7 +66,6 @@ INTERPRETER = ArchConfigs(
     forward={d: (T(32, 32, 4, 1),) for d in (16, 32, 64, 128, 256)},
     backward_dkdv={d: (T(32, 32, 4, 1),) for d in (16, 32, 64, 128, 256)},
     backward_dq={d: (T(32, 32, 4, 1),) for d in (16, 32, 64, 128, 256)},
-    l2_bytes=2 ** 16,  # small on purpose: tests at small sizes then cross several scheduling sections
 )
 
 ARCHITECTURES: dict[str, ArchConfigs] = {"hopper": HOPPER, "blackwell": BLACKWELL, "interpreter": INTERPRETER}

@@ -39,8 +39,6 @@ class AttentionKernel:
         n_tensors = len(pattern.tensors) + (len(score_mod.tensors) if score_mod else 0)
         self.source = module_source(pattern.mask, score_expr, n_tensors)
         self.block_maps = BlockMapCache()
-        # forward: FlashAttention-4's conditional rescaling of the accumulator on unmasked tiles (see triton_fwd)
-        self.lazy_rescale = True
         self._tuned: dict[tuple, tuple[cfg.TileConfig, cfg.TileConfig, cfg.TileConfig]] = {}
 
     @property
@@ -176,8 +174,7 @@ class AttentionKernel:
         lse = torch.empty((batch, heads, seq_q), device=q.device, dtype=torch.float32)
         bm = self.block_map(q, k, config.block_m, config.block_n)
         lists, map_scalars = self._map_args(bm, bm.by_query)
-        q_tiles = bm.states.shape[2]
-        grid = (q_tiles * batch * heads,)
+        grid = (bm.states.shape[2], batch * heads)
         desc_k, desc_v = k, v
         if config.use_tma:
             from triton.tools.tensor_descriptor import TensorDescriptor
@@ -185,22 +182,14 @@ class AttentionKernel:
             desc_k = TensorDescriptor(k, [rows, self.head_dim], [self.head_dim, 1], [config.block_n, self.head_dim])
             desc_v = TensorDescriptor(v, [rows, self.head_dim], [self.head_dim, 1], [config.block_n, self.head_dim])
         self.module.attention_forward[grid](
-            q, k, v, desc_k, desc_v, out, lse, *lists, bm.query_order, scale,
+            q, k, v, desc_k, desc_v, out, lse, *lists, scale,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            seq_q, k.shape[2], heads, heads // k.shape[1], batch * heads, self._l2_heads(q, k), *map_scalars, *self._tensor_args(q.device),
+            seq_q, k.shape[2], heads, heads // k.shape[1], *map_scalars, *self._tensor_args(q.device),
             HEAD_DIM=self.head_dim, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
             HAS_SCORE=self.score_mod is not None, DOT_F32=self._dot_f32(q), USE_TMA=config.use_tma,
-            WARP_SPECIALIZE=config.warp_specialize, SINGLE_LOOP=config.single_loop,
-            LAZY_RESCALE=self.lazy_rescale, num_warps=config.num_warps, num_stages=config.num_stages)
+            WARP_SPECIALIZE=config.warp_specialize, SINGLE_LOOP=config.single_loop, num_warps=config.num_warps, num_stages=config.num_stages)
         return out, lse
-
-    def _l2_heads(self, q: torch.Tensor, k: torch.Tensor) -> int:
-        """(batch, head) pairs per scheduling section: the largest power of two whose K and V fit in L2 together
-        (as FlashAttention-3's LPT scheduler sizes its sections); 1 when one head's K and V alone exceed it."""
-        kv_bytes = 2 * k.shape[2] * self.head_dim * k.element_size()
-        fit = self._arch(q.device).l2_bytes // kv_bytes
-        return 1 << (fit.bit_length() - 1) if fit >= 1 else 1
 
     def delta(self, out, d_out, lse, d_lse):
         """``rowsum(dO * O) - dlse`` in float32, ``(B, H, S_q)``; one fused pass over O and dO."""

@@ -12,7 +12,7 @@ FORWARD_SOURCE = '''
 @triton.jit
 def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, desc_k, desc_v, kv_row0, skn, svn, start_n, offs_m, offs_n0, offs_d,
               seq_kv, sm_scale, b, h, @TARGS@ MASKED: tl.constexpr, HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr,
-              USE_TMA: tl.constexpr, LAZY_RESCALE: tl.constexpr):
+              USE_TMA: tl.constexpr):
     offs_n = start_n + offs_n0
     if USE_TMA:
         # rows past this head's sequence belong to the next head (or are zero-filled): they only occur in partial
@@ -36,31 +36,15 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, desc_k, desc_v, kv_row0, skn, sv
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-    elif LAZY_RESCALE:
-        # unmasked tile, conditional rescaling (FlashAttention-4): keep the stale row max, and skip rescaling the
-        # BLOCK_M x HEAD_DIM accumulator, unless some row's max grew by more than 8 (base 2). p then stays below
-        # 2^8, l and acc share the same stale max, so out = acc / l and lse = m + log2(l) are unchanged.
-        qk_scale = sm_scale * 1.4426950408889634
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        if tl.max(m_new - m_i, 0) > 8.0:
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        m_new = m_i
-        p = tl.exp2(qk * qk_scale - m_new[:, None])
-        l_i = l_i + tl.sum(p, 1)
     else:
         # unmasked tile, no score mod: scale after the row max so scaling and shifting fuse into one FMA
         qk_scale = sm_scale * 1.4426950408889634
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
+        m_use = m_new
+        p = tl.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
     if USE_TMA:
         v = desc_v.load([kv_row0 + start_n, 0])
     elif MASKED:
@@ -72,22 +56,15 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, desc_k, desc_v, kv_row0, skn, sv
 
 
 @triton.jit
-def attention_forward(Q, K, V, DESC_K, DESC_V, O, LSE, P_CNT, P_IDX, F_CNT, F_IDX, TILE_ORDER, sm_scale,
+def attention_forward(Q, K, V, DESC_K, DESC_V, O, LSE, P_CNT, P_IDX, F_CNT, F_IDX, sm_scale,
                       sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-                      seq_q, seq_kv, n_heads, group, n_bh, l2_heads, q_tiles, kv_tiles, map_sb, map_sh, @TARGS@
+                      seq_q, seq_kv, n_heads, group, q_tiles, kv_tiles, map_sb, map_sh, @TARGS@
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       HAS_SCORE: tl.constexpr, DOT_F32: tl.constexpr, USE_TMA: tl.constexpr,
-                      WARP_SPECIALIZE: tl.constexpr, SINGLE_LOOP: tl.constexpr, LAZY_RESCALE: tl.constexpr):
-    # Longest-processing-time-first order over a 1-D grid (FlashAttention-3's L2-aware LPT scheduler): the
-    # (batch, head) pairs go in sections of l2_heads whose K and V fit in L2 together; within a section programs
-    # run the costliest query tile (TILE_ORDER: by visited key tiles, descending) of every pair, then the next.
-    pid = tl.program_id(0)
-    section = pid // (l2_heads * q_tiles)
-    first_bh = section * l2_heads
-    heads_here = tl.minimum(l2_heads, n_bh - first_bh)
-    local = pid - first_bh * q_tiles
-    pid_m = tl.load(TILE_ORDER + local // heads_here)
-    pid_bh = first_bh + local % heads_here
+                      WARP_SPECIALIZE: tl.constexpr, SINGLE_LOOP: tl.constexpr):
+    # heaviest query tiles (last rows of causal-like patterns) first: less idle tail at the end of the grid
+    pid_m = q_tiles - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
     h = pid_bh % n_heads
     hk = h // group
@@ -116,18 +93,18 @@ def attention_forward(Q, K, V, DESC_K, DESC_V, O, LSE, P_CNT, P_IDX, F_CNT, F_ID
             start_n = tl.where(i < n_partial, from_partial, from_full) * BLOCK_N
             acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
                                       offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ True, HAS_SCORE,
-                                      DOT_F32, USE_TMA, LAZY_RESCALE)
+                                      DOT_F32, USE_TMA)
     else:
         for i in range(n_partial):
             start_n = tl.load(P_IDX + lists + i) * BLOCK_N
             acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
                                       offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ True, HAS_SCORE,
-                                      DOT_F32, USE_TMA, LAZY_RESCALE)
+                                      DOT_F32, USE_TMA)
         for i in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
             start_n = tl.load(F_IDX + lists + i) * BLOCK_N
             acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, DESC_K, DESC_V, kv_row0, skn, svn, start_n,
                                       offs_m, offs_n0, offs_d, seq_kv, sm_scale, b, h, @TARGS@ False, HAS_SCORE,
-                                      DOT_F32, USE_TMA, LAZY_RESCALE)
+                                      DOT_F32, USE_TMA)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
