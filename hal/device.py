@@ -14,6 +14,7 @@ rules), ``diagnose()`` (for ``hal doctor``), ``telemetry()``, ``manual_seed()``,
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -499,19 +500,21 @@ class Device(ABC):
         """Build the Program for a supported ``op``."""
 
     def run_op(self, name: str, inputs: Sequence[torch.Tensor], params: Mapping[str, torch.Tensor | None] | None = None, **attrs: Any) -> Any:
-        """Eager op: prepare (once per shapes/dtypes/params/attrs, cached) and call."""
-        params = {k: v for k, v in (params or {}).items() if v is not None}
+        """Eager op: prepare (once per shapes/dtypes/devices/params/attrs, cached) and call.
+
+        The cache hit path is kept to a few tuple builds and one dict lookup: after a large kernel the
+        interpreter's own data is cold in the CPU caches, so every object touched here costs.
+        """
+        params = {k: v for k, v in params.items() if v is not None} if params else {}
         try:
-            key = (
-                name,
-                tuple((t.shape, t.dtype, t.device) for t in inputs),
-                tuple((k, id(v), v._version, v.shape, v.dtype) for k, v in params.items()),
-                tuple(sorted(attrs.items())) if attrs else (),
-            )
-            hash(key)
+            key = (name, *[(t.shape, t.dtype, t.device) for t in inputs])
+            if params:
+                key += ("params", *[(k, id(v), v._version, v.shape, v.dtype) for k, v in params.items()])
+            if attrs:
+                key += ("attrs", *sorted(attrs.items()))
+            program = self._eager.get(key)
         except (AttributeError, TypeError):
             raise InvalidInput(f"{name}: inputs and parameters must be torch.Tensors and attributes hashable values") from None
-        program = self._eager.get(key)
         if program is None:
             program = self.prepare(OpSpec(name, inputs, params, attrs), params)
             with self._lock:
@@ -523,6 +526,8 @@ class Device(ABC):
             with self._lock:
                 self._eager.pop(key, None)
             return self.run_op(name, inputs, params, **attrs)
+        with contextlib.suppress(KeyError):  # another thread may have evicted it meanwhile
+            self._eager.move_to_end(key)
         if self.refuses_nonfinite:
             self.check_finite(inputs, name)
         return program.run(*inputs)
