@@ -339,7 +339,7 @@ def test_operands_larger_than_the_gpu_are_refused_before_running():
     with simulated(H100_SXM):
         device = HopperDevice("hopper:0")
         huge = OpSpec("add", [TensorSpec((2**36,)), TensorSpec((2**36,))])  # 2 x 256 GiB of float32
-        support = device._check(huge)  # Device.supports() folds this in (see the report on `_check(op) or Support.yes()`)
+        support = device.supports(huge)
     assert not support and "GiB" in support.reason and "split" in support.reason
 
 

@@ -308,15 +308,6 @@ class MemristorDevice(Device):
             f"Pass ?tiles={grid.tiles} or split the layer."
         )
 
-    def supports(self, op: OpSpec) -> Support:
-        """The contract's checks, then the tile capacity (re-applied here: ``Device.supports`` evaluates
-        ``self._check(op) or Support.yes()``, which drops a refusal because ``Support.no`` is falsy)."""
-        support = super().supports(op)
-        if not support:
-            return support
-        refusal = self._check(op)
-        return refusal if refusal is not None else support
-
     def _check(self, op: OpSpec) -> Support | None:
         try:
             message = self._capacity_message(op, self._weight_grid(op))

@@ -314,15 +314,6 @@ class PhotonicDevice(Device):
             return b[-1], b[-2]
         return op.param("weight").shape
 
-    def supports(self, op: OpSpec) -> Support:
-        """Device.supports, keeping a refusal from ``_check`` (the base class's ``_check(op) or Support.yes()``
-        reads a refusing Support as falsy and answers yes)."""
-        base = super().supports(op)
-        if not base:
-            return base
-        extra = self._check(op)
-        return base if extra is None else extra
-
     def _check(self, op: OpSpec) -> Support | None:
         if op.name == "matmul" and len(op.inputs[1].shape) != 2:
             return Support.no(f"{self.uri} holds one matrix per programming; matmul's b has shape {op.inputs[1].shape}. Pass a 2-D b (loop over the batch of b) or use linear")

@@ -255,14 +255,6 @@ class BoardDevice(Device):
         return figures
 
     # ---- support and cost
-    def supports(self, op: OpSpec) -> Support:
-        """The contract's checks, then the board's limits (``_check``), whose refusal is returned as is."""
-        support = super().supports(op)
-        if not support:
-            return support
-        refusal = self._check(op)
-        return refusal if refusal is not None else support
-
     def _check(self, op: OpSpec) -> Support | None:
         rows, cols = self._matrix_shape(op)
         limit_rows, limit_cols = int(self.board["max_rows"]), int(self.board["max_cols"])
