@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
 
 from hal import ops as vocabulary
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
@@ -85,3 +86,15 @@ def fleet(names: Iterable[str] = ("alpha", "beta", "gamma", "delta", "epsilon"))
     for i, name in enumerate(names):
         out.append(fake(name, s_per_flop=1e-12 * (i + 1), j_per_flop=1e-12 * (5 - i), error=1e-6 * (1 + (i * 7) % 5)))
     return out
+
+
+class WritesInPlace(nn.Module):
+    """A model that doubles its input in place before a Linear (the runtime must order and protect that write)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x.mul_(2)
+        return self.fc(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from runtime_fakes import WritesInPlace
 from torch import nn
 
 from hal.kernels.selective_scan import selective_scan_reference
@@ -131,16 +132,6 @@ def test_plan_keeps_a_pinned_untraceable_module_whole_and_runs_it():
     p = plan(model, x, pins={"gate": "cpu:0"}, devices=[hal.device("cpu")])
     assert p.device_of("gate") == "host" and p.device_of("pre") == "cpu:0"
     torch.testing.assert_close(p.run(x), model(x).detach())
-
-
-class WritesInPlace(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x):
-        x.mul_(2)
-        return self.fc(x)
 
 
 def test_readers_of_a_value_written_in_place_wait_for_the_writer():

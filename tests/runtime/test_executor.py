@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from runtime_fakes import fake
+from runtime_fakes import WritesInPlace, fake
 from torch import nn
 
 import hal
@@ -75,19 +75,9 @@ def test_any_program_exception_counts_as_a_failure_and_the_host_takes_over():
     assert all(p.device_of(n) == "host" for n in p.graph.node_names())
 
 
-class InPlace(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-
-    def forward(self, x):
-        x.mul_(2)
-        return self.fc(x)
-
-
 def test_inputs_are_never_mutated():
     torch.manual_seed(0)
-    m = InPlace()
+    m = WritesInPlace()
     x = torch.randn(3, 4)
     before, version = x.clone(), x._version
     p = plan(m, x.clone(), devices=[hal.device("cpu")])
