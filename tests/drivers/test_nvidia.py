@@ -352,7 +352,7 @@ def test_attention_path_follows_option_dtype_and_shape(choice):
         half = device.prepare(OpSpec("attention", [q16, kv16, kv16], attrs={"causal": True}))
         single = device.prepare(OpSpec("attention", [q16.float(), kv16.float(), kv16.float()]))
         odd_dim = device.prepare(OpSpec("attention", [q16[..., :16], kv16[..., :16], kv16[..., :16]]))  # no tuned tiles
-    assert half.path == ("hal.kernels.attention (Triton)" if choice == "hal" else "torch SDPA")
+    assert half.path == ("hal.kernels.attention (Triton/Gluon)" if choice == "hal" else "torch SDPA")
     assert single.path == "torch SDPA (IEEE float32)"
     assert odd_dim.path == "torch SDPA"
 

@@ -309,3 +309,68 @@ def test_gpu_score_mods_full_size():
                             b=1, h=4, h_kv=1, s=1024, d=128, seed=1)
     check_against_reference(patterns.sliding_window(200), patterns.alibi(4), b=1, h=4, h_kv=4, s=1536, d=128,
                             seed=2, use_lse=True)
+
+
+# ------------------------------------------------------------------------------------------- GPU, Gluon forward
+
+HOPPER = CUDA and torch.cuda.get_device_capability()[0] == 9
+GLUON_CONFIGS = {"128x128 2 stages": (128, 128, 8, 2), "128x128 3 stages": (128, 128, 8, 3),
+                 "128x64 3 stages": (128, 64, 8, 3), "64x64 4 warps": (64, 64, 4, 2),
+                 "ping-pong 128x128 2 stages": (128, 128, 4, 2, False, True),
+                 "ping-pong 128x128 3 stages": (128, 128, 4, 3, False, True)}
+
+
+def gluon_forward_error(pattern, config, *, score_mod=None, b=2, h=4, h_kv=2, s=1000, s_kv=None, d=128,
+                        dtype=torch.bfloat16, seed=0):
+    """Relative error of the Gluon forward (out, lse) vs the float64 reference; the output is poisoned first."""
+    from hal.kernels.attention.configs import TileConfig
+    s_kv = s if s_kv is None else s_kv
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    q = torch.randn(b, h, s, d, generator=g, device=DEVICE).to(dtype)
+    k = torch.randn(b, h_kv, s_kv, d, generator=g, device=DEVICE).to(dtype)
+    v = torch.randn(b, h_kv, s_kv, d, generator=g, device=DEVICE).to(dtype)
+    attn = compile_attention(pattern, score_mod=score_mod, head_dim=d, dtype=dtype, autotune=False)
+    poison = torch.full_like(q, float("nan"))  # freed: the kernel's output allocation reuses this block
+    del poison
+    out, lse = attn.forward(q, k, v, d ** -0.5, TileConfig(*config, gluon=True))
+    ref, ref_lse = attention_reference(q, k, v, pattern, score_mod)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.count_nonzero(out[~finite]) == 0
+    return rel(out, ref), float((lse[finite].double() - ref_lse[finite]).abs().max())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="the Gluon forward kernel needs a Hopper (sm_90) GPU")
+@pytest.mark.parametrize("config", sorted(GLUON_CONFIGS))
+@pytest.mark.parametrize("name", ["causal", "window_and_causal", "document_causal", "prefix_lm", "empty_rows"])
+def test_gpu_gluon_forward(name, config):
+    # S = 1000 and S_kv = 1100: partial last tiles, and TMA tiles that cross into the next head's rows
+    pattern = {"causal": patterns.causal(),
+               "window_and_causal": patterns.sliding_window(256) & patterns.causal(),
+               "document_causal": patterns.document([300, 700, 100]) & patterns.causal(),
+               "prefix_lm": patterns.prefix_lm(300),
+               "empty_rows": patterns.from_mask_mod(lambda b, h, q, kv: (q >= 200) & (q >= kv) & (q - kv < 300))}[name]
+    err, lse_err = gluon_forward_error(pattern, GLUON_CONFIGS[config], s=1000,
+                                       s_kv=1100 if name in ("causal", "prefix_lm") else 1000, seed=len(name))
+    assert err < BF16_TOL and lse_err < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="the Gluon forward kernel needs a Hopper (sm_90) GPU")
+def test_gpu_gluon_forward_dims_dtypes_score_mods_gqa():
+    table = torch.randn(4, 2 * 64 + 1)
+    bf16, fp16 = torch.bfloat16, torch.float16
+    cases = [  # pattern, score mod, head dim, dtype, query heads, kv heads
+        (patterns.causal(), None, 64, fp16, 4, 1),
+        (patterns.dilated(2) & patterns.causal(), None, 128, fp16, 4, 4),
+        (patterns.global_local(64, 128), None, 64, bf16, 4, 2),
+        (patterns.block_sparse(layout(8, 8), 128), None, 128, bf16, 4, 2),
+        (patterns.causal(), patterns.relative_bias(table, 64) >> patterns.softcap(20.0), 128, bf16, 4, 1),
+        (patterns.sliding_window(200), patterns.alibi(4), 128, bf16, 4, 4)]
+    for i, (pattern, score_mod, d, dtype, h, h_kv) in enumerate(cases):
+        for config in ((128, 128, 8, 2), (128, 128, 4, 2, False, True)):
+            err, lse_err = gluon_forward_error(pattern, config, score_mod=score_mod, d=d, dtype=dtype, h=h, h_kv=h_kv,
+                                               s=1024, seed=100 + i)
+            assert err < BF16_TOL and lse_err < 2e-2, (i, config, err, lse_err)

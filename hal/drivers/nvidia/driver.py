@@ -76,7 +76,7 @@ def declared_ops(precision: str, attention_choice: str) -> dict[str, OpSupport]:
         "matmul": f"matmul_precision={precision}; fp8 uses torch._scaled_mm with per-tensor scales" if precision == "fp8" else f"matmul_precision={precision}",
         "linear": f"matmul_precision={precision}; weights converted once at prepare",
         "conv2d": "cuDNN; matmul_precision applies (fp8 runs as bf16)",
-        "attention": "hal.kernels.attention (Triton) for bf16/fp16 where supported, torch SDPA otherwise" if attention_choice == "hal" else "torch scaled_dot_product_attention",
+        "attention": "hal.kernels.attention (Triton; Gluon on Hopper) for bf16/fp16 where supported, torch SDPA otherwise" if attention_choice == "hal" else "torch scaled_dot_product_attention",
         "selective_scan": "torch reference scan (sequential over length)",
     }
     return {name: OpSupport(DTYPES, _tolerances(name, precision), notes=notes.get(name, "")) for name in vocabulary.VOCABULARY}
@@ -252,7 +252,7 @@ class NvidiaDevice(Device):
         # the head dims the kernel has tuned tiles for on this architecture (64, 128, 256 on Hopper)
         if fits and q.shape[3] in configs.ARCHITECTURES[arch].forward:
             kernel = compile_attention(patterns.causal() if causal else patterns.full(), head_dim=q.shape[3], dtype=q.dtype, arch=arch)
-            return (lambda q_, k_, v_: kernel(q_, k_, v_, scale=scale)), "hal.kernels.attention (Triton)"
+            return (lambda q_, k_, v_: kernel(q_, k_, v_, scale=scale)), "hal.kernels.attention (Triton/Gluon)"
         sdpa = TORCH_OPS["attention"]
         if q.dtype == torch.float32:
 

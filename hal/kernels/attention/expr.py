@@ -465,18 +465,22 @@ _TRITON_BINARY = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b}
                   "floordiv": "_floordiv({a}, {b})", "mod": "_pymod({a}, {b})", "lt": "({a} < {b})",
                   "le": "({a} <= {b})", "gt": "({a} > {b})", "ge": "({a} >= {b})", "eq": "({a} == {b})",
                   "ne": "({a} != {b})", "and": "({a} & {b})", "or": "({a} | {b})",
-                  "minimum": "tl.minimum({a}, {b})", "maximum": "tl.maximum({a}, {b})"}
-_TRITON_UNARY = {"neg": "(-{a})", "not": "({a} == 0)", "abs": "tl.abs({a})", "tanh": "_tanh({a})",
-                 "exp": "tl.exp({a})", "exp2": "tl.exp2({a})", "log": "tl.log({a})", "sqrt": "tl.sqrt({a})",
-                 "sigmoid": "tl.sigmoid({a})"}
+                  "minimum": "{L}.minimum({a}, {b})", "maximum": "{L}.maximum({a}, {b})"}
+_TRITON_UNARY = {"neg": "(-{a})", "not": "({a} == 0)", "abs": "{L}.abs({a})", "tanh": "_tanh({a})",
+                 "exp": "{L}.exp({a})", "exp2": "{L}.exp2({a})", "log": "{L}.log({a})", "sqrt": "{L}.sqrt({a})",
+                 "sigmoid": "_sigmoid({a})"}
 
 
-def to_triton(exprs: Sequence[Expr], names: dict[str, str], indent: str = "    ") -> tuple[list[str], list[str]]:
+def to_triton(exprs: Sequence[Expr], names: dict[str, str], indent: str = "    ",
+              lang: str = "tl") -> tuple[list[str], list[str]]:
     """Triton statements computing ``exprs`` (shared subexpressions once) and the names holding the results.
 
     ``names`` maps the variables to the kernel's local names; pattern tensor slot ``i`` is the kernel argument
-    ``T{i}`` with its element count ``T{i}_numel``.
+    ``T{i}`` with its element count ``T{i}_numel``. ``lang`` is the language module's name in the generated file:
+    ``tl`` (triton.language) or ``gl`` (Gluon, whose elementwise functions have the same names); ``_floordiv``,
+    ``_pymod``, ``_tanh`` and ``_sigmoid`` must be defined there.
     """
+    L = lang
     lines: list[str] = []
     seen: dict[tuple, str] = {}
 
@@ -493,22 +497,22 @@ def to_triton(exprs: Sequence[Expr], names: dict[str, str], indent: str = "    "
         if op == "load":
             slot, idx = x.args
             i = emit(idx)
-            code = (f"tl.load(T{slot} + {i}, mask=({i} >= 0) & ({i} < T{slot}_numel), other=0)")
+            code = (f"{L}.load(T{slot} + {i}, mask=({i} >= 0) & ({i} < T{slot}_numel), other=0)")
             if x.kind == "b":
                 code = f"({code} != 0)"
         elif op == "where":
             c, a, b = (emit(a) for a in x.args)
-            code = f"tl.where({c}, {a}, {b})"
+            code = f"{L}.where({c}, {a}, {b})"
         elif op in _TRITON_BINARY:
             a, b = emit(x.args[0]), emit(x.args[1])
             if op == "truediv" and x.args[0].kind != "f" and x.args[1].kind != "f":
-                a = f"({a}).to(tl.float32)" if x.args[0].op != "const" else f"{float(x.args[0].args[0])!r}"
-            code = _TRITON_BINARY[op].format(a=a, b=b)
+                a = f"({a}).to({L}.float32)" if x.args[0].op != "const" else f"{float(x.args[0].args[0])!r}"
+            code = _TRITON_BINARY[op].format(a=a, b=b, L=L)
         else:
             a = emit(x.args[0])
             if op not in ("neg", "not", "abs") and x.args[0].kind != "f":
-                a = f"({a}).to(tl.float32)"
-            code = _TRITON_UNARY[op].format(a=a)
+                a = f"({a}).to({L}.float32)"
+            code = _TRITON_UNARY[op].format(a=a, L=L)
         name = f"t{len(seen)}"
         seen[k] = name
         lines.append(f"{indent}{name} = {code}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ import torch
 
 from . import configs as cfg
 from .blockmap import BlockMap, BlockMapCache, TileLists
-from .codegen import load_module, module_source
+from .codegen import gluon_module_source, load_module, module_source
 from .expr import PatternError
 from .patterns import Pattern, ScoreMod, from_mask_mod, from_score_mod, full, shift_slots
 
@@ -38,13 +39,27 @@ class AttentionKernel:
             score_expr = shift_slots(score_mod.score, len(pattern.tensors))
         n_tensors = len(pattern.tensors) + (len(score_mod.tensors) if score_mod else 0)
         self.source = module_source(pattern.mask, score_expr, n_tensors)
+        self.gluon_source = gluon_module_source(pattern.mask, score_expr, n_tensors)
         self.block_maps = BlockMapCache()
+        self._modules: dict[tuple[bool, bool], object] = {}
         self._tuned: dict[tuple, tuple[cfg.TileConfig, cfg.TileConfig, cfg.TileConfig]] = {}
 
     @property
     def module(self):
         """The generated Triton module (loaded once per process and interpreter mode)."""
-        return load_module(self.source)
+        return self._load(self.source)
+
+    @property
+    def gluon_module(self):
+        """The generated Gluon module of the Hopper forward kernel (imports triton.experimental.gluon)."""
+        return self._load(self.gluon_source)
+
+    def _load(self, source: str):
+        # looked up on every call: keep the module here rather than hash the source each time
+        key = (source is self.source, cfg.interpreting())
+        if key not in self._modules:
+            self._modules[key] = load_module(source)
+        return self._modules[key]
 
     # ------------------------------------------------------------------------------------------------ public
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
@@ -175,6 +190,9 @@ class AttentionKernel:
         bm = self.block_map(q, k, config.block_m, config.block_n)
         lists, map_scalars = self._map_args(bm, bm.by_query)
         grid = (bm.states.shape[2], batch * heads)
+        if config.gluon:
+            self._forward_gluon(q, k, v, out, lse, lists, map_scalars, grid, scale, config)
+            return out, lse
         desc_k, desc_v = k, v
         if config.use_tma:
             from triton.tools.tensor_descriptor import TensorDescriptor
@@ -190,6 +208,37 @@ class AttentionKernel:
             HAS_SCORE=self.score_mod is not None, DOT_F32=self._dot_f32(q), USE_TMA=config.use_tma,
             WARP_SPECIALIZE=config.warp_specialize, SINGLE_LOOP=config.single_loop, num_warps=config.num_warps, num_stages=config.num_stages)
         return out, lse
+
+    def _forward_gluon(self, q, k, v, out, lse, lists, map_scalars, grid, scale: float, config: cfg.TileConfig):
+        """Launch the Gluon Hopper forward: Q, K, V reach it as TMA descriptors over (rows, head_dim) views."""
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        if self.head_dim not in (64, 128):
+            raise ValueError(f"the Gluon forward kernel takes head_dim 64 or 128, not {self.head_dim}")
+        if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+            raise ValueError("the Gluon forward kernel reads q, k, v through TMA and needs them contiguous")
+        element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+
+        def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
+            rows = t.shape[0] * t.shape[1] * t.shape[2]
+            layout = _shared_layout(block_rows, self.head_dim, element)
+            return TensorDescriptor(t, [rows, self.head_dim], [self.head_dim, 1], [block_rows, self.head_dim],
+                                    layout)
+
+        args = [out, lse, *lists, scale, out.stride(0), out.stride(1), out.stride(2), q.shape[2], k.shape[2],
+                q.shape[1], q.shape[1] // k.shape[1], *map_scalars, *self._tensor_args(q.device)]
+        constants = {"HEAD_DIM": self.head_dim, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+                     "STAGES": config.num_stages, "HAS_SCORE": self.score_mod is not None}
+        kv = (descriptor(k, config.block_n), descriptor(v, config.block_n))
+        if config.warp_specialize:
+            # two consumer warpgroups of num_warps = 4 take half the query rows each; a one-warp loader feeds them
+            self.gluon_module.attention_forward_gluon_pingpong[grid](
+                descriptor(q, config.block_m // 2), *kv, *args, **constants, CONSUMER_REGS=_PINGPONG_REGS[0],
+                LOADER_REGS=_PINGPONG_REGS[1], num_warps=4)
+        else:
+            self.gluon_module.attention_forward_gluon[grid](descriptor(q, config.block_m), *kv, *args, **constants,
+                                                            num_warps=config.num_warps)
 
     def delta(self, out, d_out, lse, d_lse):
         """``rowsum(dO * O) - dlse`` in float32, ``(B, H, S_q)``; one fused pass over O and dO."""
@@ -237,6 +286,18 @@ class AttentionKernel:
     def __repr__(self) -> str:
         score = f", score_mod={self.score_mod.name}" if self.score_mod else ""
         return f"AttentionKernel({self.pattern.name}{score}, head_dim={self.head_dim}, dtype={self.dtype})"
+
+
+@functools.cache
+def _shared_layout(rows: int, cols: int, element):
+    """The swizzled shared-memory layout of a (rows, cols) TMA tile (built once per shape: it is read every call)."""
+    from triton.experimental.gluon import language as gl
+    return gl.NVMMASharedLayout.get_default_for([rows, cols], element)
+
+
+# Registers per thread the ping-pong kernel's partitions ask for (setmaxnreg): consumer warpgroup, loader warp.
+# The loader needs few; the register file (64K per SM) goes to the two consumers, as in FlashAttention-3.
+_PINGPONG_REGS = (232, 24)
 
 
 def _cdiv(a: int, b: int) -> int:

@@ -70,6 +70,9 @@ class Pattern:
         self.mask = mask
         self._tensors = _Tensors(tensors)
         self.name = name or "custom"
+        # read on every kernel call (block map cache key): computed once, the tree is immutable
+        self._uses_b = uses(mask, "b")
+        self._uses_h = uses(mask, "h")
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -98,10 +101,10 @@ class Pattern:
         return Pattern(unary("not", self.mask), self.tensors, f"~{self.name}")
 
     def depends_on_batch(self) -> bool:
-        return uses(self.mask, "b")
+        return self._uses_b
 
     def depends_on_head(self) -> bool:
-        return uses(self.mask, "h")
+        return self._uses_h
 
     def __repr__(self) -> str:
         return f"Pattern({self.name})"
