@@ -9,6 +9,10 @@ matmuls forward, five backward). Before timing, every implementation's output is
 a float64 reference at B=1, H=2 (the full S x S matrix in float64 fits there up to S=4k).
 
     python benchmarks/attention.py --seqs 4096,16384,65536 --out benchmarks/results/attention.json
+
+A run that does not fit one call of a lent GPU can be split by ``--seqs`` and joined with ``--merge a.json b.json``:
+rows keep the run they were measured in (ours and the alternatives always side by side in one run), a case found
+in several files is taken from the last, and the summary is recomputed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import functools
 import json
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -28,6 +33,7 @@ from hal.kernels.attention import attention_reference, compile_attention, patter
 from hal.kernels.attention.expr import evaluate
 
 HEADS = 16
+REPEATS = 3  # default timings per case (each a do_bench median)
 HEAD_DIM = 128
 DTYPE = torch.bfloat16
 
@@ -112,7 +118,7 @@ def reference_check(name: str, pattern: patterns.Pattern, seq: int) -> dict:
     return res
 
 
-def measure(rows: list[dict], base: dict, tensors: tuple, do_bwd: bool, impl: str, fwd: Callable[[], torch.Tensor],
+def measure(rows: list[dict], base: dict, tensors: tuple, do_bwd: bool, repeats: int, impl: str, fwd: Callable[[], torch.Tensor],
             extra: dict | None = None) -> None:
     """Time ``fwd`` (and forward+backward) twice each and append a row; a failure is recorded, not raised."""
     q, k, v, do = tensors
@@ -123,14 +129,14 @@ def measure(rows: list[dict], base: dict, tensors: tuple, do_bwd: bool, impl: st
         fwd().backward(do)
 
     try:
-        # each measurement twice: the spread between the two says what difference is noise
+        # each measurement `repeats` times: the spread says what difference is noise; the median is reported
         with torch.no_grad():
-            row["fwd_ms_runs"] = [bench(fwd), bench(fwd)]
-        row["fwd_ms"] = sum(row["fwd_ms_runs"]) / 2
+            row["fwd_ms_runs"] = [bench(fwd) for _ in range(repeats)]
+        row["fwd_ms"] = statistics.median(row["fwd_ms_runs"])
         row["fwd_tflops"] = fwd_flop / row["fwd_ms"] / 1e9
         if do_bwd:
-            row["fwdbwd_ms_runs"] = [bench(fwd_bwd, grad_to_none=[q, k, v]), bench(fwd_bwd, grad_to_none=[q, k, v])]
-            row["fwdbwd_ms"] = sum(row["fwdbwd_ms_runs"]) / 2
+            row["fwdbwd_ms_runs"] = [bench(fwd_bwd, grad_to_none=[q, k, v]) for _ in range(repeats)]
+            row["fwdbwd_ms"] = statistics.median(row["fwdbwd_ms_runs"])
             row["fwdbwd_tflops"] = 3.5 * fwd_flop / row["fwdbwd_ms"] / 1e9
     except Exception as e:  # noqa: BLE001  (report, never hide: a failing alternative is a result too)
         row["error"] = repr(e)[:300]
@@ -141,7 +147,8 @@ def measure(rows: list[dict], base: dict, tensors: tuple, do_bwd: bool, impl: st
           f"{row.get('fwdbwd_tflops', float('nan')):6.1f} TF/s {row.get('error', '')}", flush=True)
 
 
-def run_seq(seq: int, names: list[str], flex, create_block_mask, do_flex: bool, do_bwd: bool) -> list[dict]:
+def run_seq(seq: int, names: list[str], flex, create_block_mask, do_flex: bool, do_bwd: bool,
+            repeats: int) -> list[dict]:
     batch = max(1, 16384 // seq)
     specs = pattern_specs(seq)
     gen = torch.Generator(device="cuda").manual_seed(1234 + seq)
@@ -167,7 +174,7 @@ def run_seq(seq: int, names: list[str], flex, create_block_mask, do_flex: bool, 
             ours = attn(q, k, v)
         fc, dkc, dqc = attn.configs_for(q, k)
         bm = attn.block_map(q, k, fc.block_m, fc.block_n)
-        record = functools.partial(measure, rows, base, (q, k, v, do), do_bwd)
+        record = functools.partial(measure, rows, base, (q, k, v, do), do_bwd, repeats)
         record("ours", functools.partial(attn, q, k, v),
                {"setup_s": time.time() - t0, "tuning": attn.tuning_log[-3:], "config_fwd": fc.__dict__, "config_dkdv": dkc.__dict__,
                 "config_dq": dqc.__dict__, "tiles_visited_fraction": bm.visited_fraction})
@@ -210,7 +217,8 @@ def sweep(spec: str, names: list[str], seqs: list[int]) -> list[dict]:
     for item in spec.split(";"):
         parts = item.split(",")
         flags = set(parts[4:])
-        configs.append(TileConfig(*(int(x) for x in parts[:4]), "tma" in flags, "ws" in flags, "single" in flags))
+        configs.append(TileConfig(*(int(x) for x in parts[:4]), "tma" in flags, "ws" in flags, "single" in flags,
+                                  "gluon" in flags))
     rows = []
     for seq in seqs:
         batch = max(1, 16384 // seq)
@@ -270,6 +278,34 @@ def summarize(rows: list[dict]) -> dict:
     }, table
 
 
+def merge(paths: list[str], out: str) -> int:
+    """One result file from several runs: each run's environment and checks kept, the summary recomputed.
+
+    A (pattern, S) case measured in several files keeps the rows of the last file that has it (all its
+    implementations together, so every ratio still compares one run with itself).
+    """
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    cases: dict[tuple, list[dict]] = {}
+    for i, run in enumerate(runs):
+        latest: dict[tuple, list[dict]] = {}
+        for row in run["rows"]:
+            latest.setdefault((row.get("pattern"), row.get("seq")), []).append(dict(row, run=i))
+        cases.update(latest)
+    result = {"runs": [{k: r[k] for k in ("environment", "shapes", "timing") if k in r} | {"file": p}
+                       for p, r in zip(paths, runs)],
+              "flop_convention": runs[0]["flop_convention"],
+              "correctness": [c for r in runs for c in r["correctness"]],
+              "rows": [row for rows in cases.values() for row in rows]}
+    result["summary"], result["table"] = summarize(result["rows"])
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result["summary"], indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seqs", default="4096,16384,65536")
@@ -278,9 +314,14 @@ def main() -> int:
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--no-check", action="store_true", help="skip the float64 reference check")
     ap.add_argument("--sweep", default="", help="only time these forward tile configs of ours, e.g. "
-                    "'128,128,8,2;256,64,8,2,tma' (block_m,block_n,warps,stages[,tma][,ws][,single])")
+                    "'128,128,8,2;256,64,8,2,tma' (block_m,block_n,warps,stages[,tma][,ws][,single][,gluon])")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help="timings per case; the median is reported")
+    ap.add_argument("--merge", nargs="+", default=[], help="join result files of runs split by --seqs and "
+                    "recompute the summary (no GPU needed)")
     ap.add_argument("--out", default="benchmarks/results/attention.json")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     if not torch.cuda.is_available():
         print("benchmarks/attention.py needs a CUDA GPU (it times Triton kernels against FlexAttention and SDPA)")
         return 2
@@ -300,7 +341,8 @@ def main() -> int:
         "shapes": {"heads": HEADS, "head_dim": HEAD_DIM, "dtype": str(DTYPE), "batch": "max(1, 16384 // S)",
                    "seqs": seqs},
         "flop_convention": "forward 4*B*H*pairs*D over allowed (q,k) pairs; forward+backward 3.5x forward",
-        "timing": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, CUDA events; each twice, mean reported",
+        "timing": f"triton.testing.do_bench median, warmup 25 ms, rep 100 ms, CUDA events; {args.repeats} repeats per "
+                  "case, median reported",
         "correctness": [], "rows": [],
     }
     if args.sweep:
@@ -319,7 +361,8 @@ def main() -> int:
             print("check", res, flush=True)
     for seq in seqs:
         try:
-            result["rows"] += run_seq(seq, names, flex, create_block_mask, not args.no_flex, not args.no_backward)
+            result["rows"] += run_seq(seq, names, flex, create_block_mask, not args.no_flex, not args.no_backward,
+                                      args.repeats)
         except Exception as e:  # noqa: BLE001  (recorded in the result)
             result["rows"].append({"seq": seq, "error": repr(e)[:300], "trace": traceback.format_exc()[-800:]})
             print(traceback.format_exc(), flush=True)
