@@ -72,6 +72,24 @@ def _online_softmax(qk, m_i, l_i, offs_m, start_n, offs_n0, seq_kv, sm_scale, b,
 
 
 @gluon.jit
+def _finish_rows(acc, l_i, m_i, offs_m, row0, O, LSE, b, h, pid_bh, sob, soh, som, seq_q):
+    # normalise and store the rows [row0, row0 + rows) of O and their lse; a row that saw no key gets zeros, -inf
+    o_layout: gl.constexpr = acc.type.layout
+    ROWS: gl.constexpr = acc.shape[0]
+    HEAD_DIM: gl.constexpr = acc.shape[1]
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    empty = l_i == 0.0
+    l_safe = gl.where(empty, 1.0, l_i)
+    out = acc / gl.convert_layout(l_safe, row_o)[:, None]
+    lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
+    offs_mo = row0 + gl.arange(0, ROWS, layout=row_o)
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    o_ptrs = (O + b.to(gl.int64) * sob + h.to(gl.int64) * soh + offs_mo[:, None] * som + offs_d[None, :])
+    gl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_mo[:, None] < seq_q)
+    gl.store(LSE + pid_bh.to(gl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
+
+
+@gluon.jit
 def attention_forward_gluon(desc_q, desc_k, desc_v, O, LSE, P_CNT, P_IDX, F_CNT, F_IDX, sm_scale,
                             sob, soh, som, seq_q, seq_kv, n_heads, group, q_tiles, kv_tiles, map_sb, map_sh,
                             @TARGS@ HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -165,15 +183,7 @@ def attention_forward_gluon(desc_q, desc_k, desc_v, O, LSE, P_CNT, P_IDX, F_CNT,
         o_tok = warpgroup_mma(p, v_smem.index(last % STAGES), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(o_tok, ))
 
-    empty = l_i == 0.0
-    l_safe = gl.where(empty, 1.0, l_i)
-    out = acc / gl.convert_layout(l_safe, row_o)[:, None]
-    lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
-    offs_mo = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_o)
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    o_ptrs = (O + b.to(gl.int64) * sob + h.to(gl.int64) * soh + offs_mo[:, None] * som + offs_d[None, :])
-    gl.store(o_ptrs, out.to(dtype), mask=offs_mo[:, None] < seq_q)
-    gl.store(LSE + pid_bh.to(gl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
+    _finish_rows(acc, l_i, m_i, offs_m, pid_m * BLOCK_M, O, LSE, b, h, pid_bh, sob, soh, som, seq_q)
 '''
 
 GLUON_PINGPONG_SOURCE = '''
@@ -257,15 +267,7 @@ def _pp_consumer(q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, k_free, v_free, 
         mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
         o_tok = warpgroup_mma(p, v_smem.index(last % STAGES), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(o_tok, ))
-    empty = l_i == 0.0
-    l_safe = gl.where(empty, 1.0, l_i)
-    out = acc / gl.convert_layout(l_safe, row_o)[:, None]
-    lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
-    offs_mo = row0 + gl.arange(0, HALF, layout=row_o)
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    o_ptrs = (O + b.to(gl.int64) * sob + h.to(gl.int64) * soh + offs_mo[:, None] * som + offs_d[None, :])
-    gl.store(o_ptrs, out.to(dtype), mask=offs_mo[:, None] < seq_q)
-    gl.store(LSE + pid_bh.to(gl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
+    _finish_rows(acc, l_i, m_i, offs_m, row0, O, LSE, b, h, pid_bh, sob, soh, som, seq_q)
 
 
 @gluon.jit
