@@ -7,13 +7,15 @@ reader can tell a measurement from a datasheet claim from a derivation:
 - ``derived:<formula>``: computed from other figures; the formula is written out.
 - ``datasheet:<document>``: a vendor's published figure.
 - ``paper:<citation>``: a figure from the literature (device physics of emulators).
+- ``assumed:<why>``: an engineering choice of an emulator or a default (a stuck-fault rate, a pulse
+  energy, a crosstalk coefficient), neither measured nor published; the reason is written out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SOURCE_KINDS = ("measured", "derived", "datasheet", "paper")
+SOURCE_KINDS = ("measured", "derived", "datasheet", "paper", "assumed")
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,8 @@ class Figure:
                 f"figure source {self.source!r} must start with one of {', '.join(SOURCE_KINDS)} "
                 "(e.g. 'datasheet:NVIDIA H100 datasheet 2023', 'derived:sm_count * clock_hz * flops_per_clock')"
             )
-        if kind in ("derived", "datasheet", "paper") and not self.source.partition(":")[2].strip():
-            raise ValueError(f"figure source {self.source!r} must say which formula/document/paper after the colon")
+        if kind in ("derived", "datasheet", "paper", "assumed") and not self.source.partition(":")[2].strip():
+            raise ValueError(f"figure source {self.source!r} must say which formula/document/paper/reason after the colon")
 
     @classmethod
     def measured(cls, value: float, unit: str, how: str = "", note: str = "") -> Figure:
@@ -51,9 +53,13 @@ class Figure:
     def paper(cls, value: float, unit: str, citation: str, note: str = "") -> Figure:
         return cls(value, unit, f"paper:{citation}", note)
 
+    @classmethod
+    def assumed(cls, value: float, unit: str, why: str, note: str = "") -> Figure:
+        return cls(value, unit, f"assumed:{why}", note)
+
     @property
     def kind(self) -> str:
-        """measured, derived, datasheet or paper."""
+        """measured, derived, datasheet, paper or assumed."""
         return self.source.split(":", 1)[0]
 
     def __str__(self) -> str:
