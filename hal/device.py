@@ -18,12 +18,13 @@ import contextlib
 import math
 import re
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import torch
 
@@ -77,7 +78,8 @@ class DeviceURI:
         options: dict[str, str] = {}
         if query:
             try:
-                pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+                # '+' is a plus sign in a device string, not a space (parse_qsl reads form encoding): keep it.
+                pairs = parse_qsl(query.replace("+", "%2B"), keep_blank_values=True, strict_parsing=True)
             except ValueError:
                 raise InvalidInput(f"{text!r}: malformed options {query!r}; write them as ?name=value&other=value") from None
             for name, value in pairs:
@@ -95,7 +97,7 @@ class DeviceURI:
         return f"{self.kind}:{self.index}"
 
     def __str__(self) -> str:
-        return self.base() + (f"?{urlencode(self.options, safe='/:')}" if self.options else "")
+        return self.base() + (f"?{urlencode(self.options, safe='/:', quote_via=quote)}" if self.options else "")
 
 
 @dataclass(frozen=True)
@@ -364,6 +366,14 @@ class Program:
         return f"Program({self.op} on {self.device})"
 
 
+@dataclass(frozen=True)
+class _EagerEntry:
+    """An eager-cache entry: the Program and weak references to the weights it was prepared from."""
+
+    program: Program
+    weights: tuple[weakref.ref, ...]
+
+
 # --------------------------------------------------------------------------- devices
 
 
@@ -388,8 +398,8 @@ class Device(ABC):
         self.options = self._parse_options(self.uri)
         self.torch_device = torch.device("cpu")
         self._capabilities: Capabilities | None = None
-        self._eager: OrderedDict[tuple, Program] = OrderedDict()
-        self._lock = threading.Lock()
+        self._eager: OrderedDict[tuple, _EagerEntry] = OrderedDict()
+        self._lock = threading.RLock()  # re-entrant: a freed weight's finaliser may run while it is held
         self._closed = False
 
     # ---- identity
@@ -502,6 +512,13 @@ class Device(ABC):
     def run_op(self, name: str, inputs: Sequence[torch.Tensor], params: Mapping[str, torch.Tensor | None] | None = None, **attrs: Any) -> Any:
         """Eager op: prepare (once per shapes/dtypes/devices/params/attrs, cached) and call.
 
+        A bound parameter is keyed by its identity *and* held by a weak reference in the entry: an
+        ``id()`` alone aliases as soon as CPython reuses it for a fresh tensor, so a hit counts only
+        when the entry's weakref still resolves to this very tensor. The key also carries the
+        tensor's ``_version`` (bumped by in-place writes) and ``data_ptr()`` (changed by
+        ``w.data = other``, which leaves ``_version`` alone). An entry is dropped as soon as one of
+        its weights is freed, so a dead weight never keeps a device's resources (tiles, meshes).
+
         The cache hit path is kept to a few tuple builds and one dict lookup: after a large kernel the
         interpreter's own data is cold in the CPU caches, so every object touched here costs.
         """
@@ -509,28 +526,42 @@ class Device(ABC):
         try:
             key = (name, *[(t.shape, t.dtype, t.device) for t in inputs])
             if params:
-                key += ("params", *[(k, id(v), v._version, v.shape, v.dtype) for k, v in params.items()])
+                key += ("params", *[(k, id(v), v._version, v.data_ptr(), v.shape, v.dtype) for k, v in params.items()])
             if attrs:
                 key += ("attrs", *sorted(attrs.items()))
-            program = self._eager.get(key)
+            entry = self._eager.get(key)
         except (AttributeError, TypeError):
             raise InvalidInput(f"{name}: inputs and parameters must be torch.Tensors and attributes hashable values") from None
-        if program is None:
+        if params and entry is not None and not all(ref() is v for ref, v in zip(entry.weights, params.values())):
+            entry = None  # the id was reused by a new tensor: that entry's weight is gone
+        if entry is None or not entry.program.valid:
             program = self.prepare(OpSpec(name, inputs, params, attrs), params)
-            with self._lock:
-                self._eager[key] = program
-                if len(self._eager) > self.EAGER_CACHE_SIZE:
-                    self._eager.popitem(last=False)
+            self._remember(key, program, params.values())
             return program(*inputs)
-        if not program.valid:
-            with self._lock:
-                self._eager.pop(key, None)
-            return self.run_op(name, inputs, params, **attrs)
         with contextlib.suppress(KeyError):  # another thread may have evicted it meanwhile
             self._eager.move_to_end(key)
         if self.refuses_nonfinite:
             self.check_finite(inputs, name)
-        return program.run(*inputs)
+        return entry.program.run(*inputs)
+
+    def _remember(self, key: tuple, program: Program, weights: Iterable[torch.Tensor]) -> None:
+        """Cache an eager Program; its entry goes when any of its weights is freed, or when least recently used."""
+
+        def forget(_ref: weakref.ref, cache: weakref.ref = weakref.ref(self._eager), lock: threading.RLock = self._lock) -> None:
+            eager = cache()
+            if eager is None:
+                return
+            with lock:
+                current = eager.get(key)
+                if current is not None and any(r is _ref for r in current.weights):
+                    del eager[key]
+
+        entry = _EagerEntry(program, tuple(weakref.ref(w, forget) for w in weights))
+        with self._lock:
+            self._eager[key] = entry
+            self._eager.move_to_end(key)
+            while len(self._eager) > self.EAGER_CACHE_SIZE:
+                self._eager.popitem(last=False)
 
     # ---- eager vocabulary (each is run_op with the vocabulary's operand names)
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -614,9 +645,11 @@ class Device(ABC):
         if self._closed:
             return
         self._closed = True
-        for program in self._eager.values():
-            program.invalidate(f"{self.uri} was closed")
-        self._eager.clear()
+        with self._lock:
+            entries = list(self._eager.values())
+            self._eager.clear()
+        for entry in entries:
+            entry.program.invalidate(f"{self.uri} was closed")
         from hal import registry
 
         registry.forget(self)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import hal
+from hal.drivers.cpu import CpuDevice
 from hal.device import DeviceURI, OpSpec, TensorSpec
 from hal.errors import DeviceMismatch, DTypeError, InvalidInput, ProgramInvalidated, ShapeError, UnknownDevice, UnsupportedOp
 
@@ -22,6 +23,12 @@ from hal.errors import DeviceMismatch, DTypeError, InvalidInput, ProgramInvalida
 def test_uri_canonical_form(text, canonical):
     assert str(DeviceURI.parse(text)) == canonical
     assert DeviceURI.parse(canonical) == DeviceURI.parse(text)
+
+
+def test_uri_plus_in_an_option_value_is_a_plus_not_a_space():
+    uri = DeviceURI.parse("memristor:0?port=socket://h:1&note=a+b c")
+    assert uri.option_map["note"] == "a+b c"
+    assert DeviceURI.parse(str(uri)) == uri
 
 
 def test_uri_index_types():
@@ -136,6 +143,34 @@ def test_eager_cache_reuses_programs_and_sees_weight_updates():
     assert len(d._eager) == before
     w.mul_(2)  # in-place update bumps the version: a new program, the new weights
     assert torch.allclose(d.linear(x, w), x @ w.T, atol=1e-5)
+
+
+class _SnapshotCpu(CpuDevice):
+    """A CPU device that programs a copy of each weight, as analog devices do (conductances, phases)."""
+
+    def _compile(self, op, params):
+        return super()._compile(op, {k: v.clone() for k, v in params.items()})
+
+
+def test_eager_cache_never_aliases_a_freed_weight_whose_id_is_reused():
+    d = _SnapshotCpu("cpu:0")
+    x = torch.randn(4, 16)
+    for i in range(24):  # a temporary weight each call: CPython reuses the freed tensor's id
+        torch.manual_seed(i)
+        want = x @ torch.randn(8, 16).T
+        torch.manual_seed(i)
+        assert torch.allclose(d.linear(x, torch.randn(8, 16)), want, atol=1e-5), f"call {i} answered with a previous weight"
+
+
+def test_eager_cache_sees_data_assignment_and_drops_freed_weights():
+    d = _SnapshotCpu("cpu:0")
+    x, w = torch.randn(2, 4), torch.randn(3, 4)
+    d.linear(x, w)
+    w.data = torch.randn(3, 4)  # leaves w._version alone
+    assert torch.allclose(d.linear(x, w), x @ w.T, atol=1e-5)
+    assert len(d._eager) == 2
+    del w
+    assert len(d._eager) == 0, "entries of a freed weight must go with it"
 
 
 def test_device_scope_sets_current_device():
