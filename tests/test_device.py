@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import hal
-from hal.drivers.cpu import CpuDevice
 from hal.device import DeviceURI, OpSpec, TensorSpec
+from hal.drivers.cpu import CpuDevice
 from hal.errors import DeviceMismatch, DTypeError, InvalidInput, ProgramInvalidated, ShapeError, UnknownDevice, UnsupportedOp
 
 
