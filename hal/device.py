@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlencode
 
 import torch
@@ -40,6 +40,9 @@ from hal.errors import (
     UnknownDevice,
     UnsupportedOp,
 )
+
+if TYPE_CHECKING:
+    from hal.subgraph import Subgraph
 
 _KIND = re.compile(r"[a-z][a-z0-9_]*\Z")
 _INDEX = re.compile(r"[A-Za-z0-9_.-]+\Z")
@@ -508,6 +511,49 @@ class Device(ABC):
     @abstractmethod
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
         """Build the Program for a supported ``op``."""
+
+    # ---- subgraph claims (hal.subgraph): one Program for a connected group of ops
+    def claim(self, sub: Subgraph) -> Support:
+        """Whether this device runs ``sub`` as one Program keeping intermediates resident.
+
+        The default declines: the runtime then prepares each op on its own. A driver that claims
+        overrides this and ``_compile_subgraph``; every op of a claimed group must also pass ``supports``.
+        """
+        return Support.no(f"{self.uri} runs ops one at a time (it claims no subgraphs)")
+
+    def prepare_subgraph(self, sub: Subgraph, params: Sequence[Mapping[str, torch.Tensor | None]]) -> Program:
+        """Compile a claimed subgraph with each op's bound params (``params[j]`` for ``sub.ops[j]``) into one Program.
+
+        The Program takes the subgraph's external inputs and returns its outputs (a tuple when several).
+        """
+        self._ensure_open()
+        if len(params) != len(sub.ops):
+            raise InvalidInput(f"prepare_subgraph: {len(sub.ops)} ops need {len(sub.ops)} parameter mappings, got {len(params)}")
+        bound = []
+        for op, given in zip(sub.ops, params):
+            given = {k: v for k, v in (given or {}).items() if v is not None}
+            for name, tensor in given.items():
+                self.check_tensor_device(tensor, f"{op.name} parameter {name!r}")
+            vocabulary.check(op)
+            support = self.supports(op)
+            if not support:
+                raise UnsupportedOp(support.reason)
+            if self.refuses_nonfinite and given:
+                self.check_finite(given.values(), f"{op.name} parameters")
+            bound.append(given)
+        claimed = self.claim(sub)
+        if not claimed:
+            raise UnsupportedOp(f"{self.uri} does not claim the subgraph {sub}: {claimed.reason}")
+        return self._compile_subgraph(sub, bound)
+
+    def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
+        """Build the Program of a claimed subgraph; drivers that override ``claim`` override this too."""
+        raise UnsupportedOp(f"{self.uri} claims no subgraphs")
+
+    def estimate_subgraph(self, sub: Subgraph) -> Cost:
+        """Cost of one call of the claimed subgraph; the default sums the ops' estimates (drivers refine it)."""
+        costs = [self.estimate(op) for op in sub.ops]
+        return Cost(sum(c.latency_s for c in costs), sum(c.energy_j for c in costs), sum(c.error for c in costs), "sum of the ops' estimates")
 
     def run_op(self, name: str, inputs: Sequence[torch.Tensor], params: Mapping[str, torch.Tensor | None] | None = None, **attrs: Any) -> Any:
         """Eager op: prepare (once per shapes/dtypes/devices/params/attrs, cached) and call.
