@@ -1,8 +1,8 @@
 """The shared op vocabulary: operand names, attribute defaults and shape rules of every common op.
 
 Drivers declare which of these ops they run (``Capabilities.ops``); the shape rules here give the
-same ShapeError on every device. Paradigm ops (``lif_layer``, ``expectation``, ``sample``,
-``qubo_minimize``...) are named by the drivers that add them; their shape rules are the driver's.
+same ShapeError on every device. Paradigm ops (``lif_layer``, ``expectation``, ``sample``...)
+are named by the drivers that add them; their shape rules are the driver's.
 
 Operand conventions (inputs are given at call time, params are bound at ``prepare`` time):
 

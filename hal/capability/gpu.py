@@ -16,9 +16,9 @@ from hal.capability.figures import Figure
 class GpuInterconnect:
     """How the GPU talks to the host and its peers, as NVML reports it (None: not reported by this GPU)."""
 
-    pcie_generation: int | None = None
-    pcie_lanes: int | None = None
-    nvlink_active_links: int | None = None
+    pcie_generation: Figure | None = None
+    pcie_lanes: Figure | None = None
+    nvlink_active_links: Figure | None = None
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class GpuSection:
     """What an NVIDIA GPU is: identity, architecture, per-SM resources, clocks, tensor-core formats.
 
     ``tensor_core_dtypes`` and ``features`` come from hal's per-architecture table (with the document they
-    come from in ``architecture_source``); the Figures in ``resources`` and ``clocks`` are read off the device;
+    come from in ``architecture_source``); ``sm_count`` and the Figures in ``resources`` and ``clocks`` are read off the device;
     ``architecture_limits`` are the compute capability's documented limits, so a reader can compare what the
     device reports with what NVIDIA documents (and spot a myth such as "H100 has 164 KB of shared memory").
     ``datasheet`` holds the product's published figures when hal knows the product (else it is empty).
@@ -40,7 +40,7 @@ class GpuSection:
     serial: str | None
     driver_version: str
     cuda_driver_version: str
-    sm_count: int
+    sm_count: Figure
     tensor_core_dtypes: tuple[str, ...]
     features: tuple[str, ...]
     architecture_source: str

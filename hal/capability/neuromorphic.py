@@ -2,7 +2,8 @@
 
 Stored under ``Capabilities.sections["neuromorphic"]``. Pure data (standard library only). Every number is a
 Figure saying where it comes from: Intel's published Loihi 2 figures (``datasheet:``), the bit widths of lava's
-bit-accurate models (``datasheet:lava-nc ...``), or a formula over those (``derived:``).
+bit-accurate models (``datasheet:lava-nc ...``), a formula over those (``derived:``), or an engineering choice of
+the emulator (``assumed:``, e.g. the system size the device string declares).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class NeuromorphicSection:
     bit-accurate engine, lava's simulator, lava on Loihi 2 hardware) to whether it is usable here and why not.
     """
 
-    chips: int
+    chips: Figure
     neuron_model: str
     core: NeuroCoreLimits
     chip: ChipLimits

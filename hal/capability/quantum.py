@@ -3,7 +3,9 @@
 Filled by the IBM quantum driver from a backend's ``Target`` (qubits, instructions with their error and
 duration per qubit tuple, qubit T1/T2) and configuration (shot and circuit limits). Per-qubit figures are
 summarised as the median and the worst value over the device, each a Figure whose source names the
-calibration it was read from (``measured:calibration <timestamp>``). Pure data: standard library only.
+calibration it was read from (``measured:calibration <timestamp>``). Counts (qubits, shot and circuit limits,
+coupler degrees, broken couplers) are Figures too: read off the backend (``measured:``) or counted from what
+was read (``derived:``). Pure data: standard library only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from hal.capability.figures import Figure
 class Spread:
     """A per-qubit (or per-pair) figure over the whole device: its median, its worst value, and how many were read.
 
-    "Worst" is the smallest for coherence times and the largest for errors and durations.
+    "Worst" is the smallest for coherence times and the largest for errors and durations. ``count`` is how many
+    values the two statistics summarise (the sample size, not a device figure).
     """
 
     median: Figure
@@ -30,13 +33,14 @@ class Connectivity:
     """The coupling map: which physical qubit pairs a two-qubit gate can act on directly.
 
     ``edges`` are directed pairs as the backend lists them; ``degree_max`` / ``degree_mean`` count the
-    distinct neighbours of a qubit (undirected). ``all_to_all`` is true for simulators with no coupling map.
+    distinct neighbours of a qubit (undirected), derived from the edges. ``all_to_all`` is true for simulators
+    with no coupling map, which have no degrees (None).
     """
 
     all_to_all: bool
     edges: list[list[int]] = field(default_factory=list)
-    degree_max: int = 0
-    degree_mean: float = 0.0
+    degree_max: Figure | None = None
+    degree_mean: Figure | None = None
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,12 @@ class QuantumSection:
 
     Times are in seconds (``t1_s``, ``gate_duration_2q_s``...), errors are probabilities (0..1). A figure
     the backend does not report (an ideal simulator has no T1) is ``None``, never a guess. ``unusable_2q_pairs``
-    counts qubit pairs whose two-qubit gate is calibrated with error 1 (a broken coupler; it makes the worst
+    counts qubit pairs with a two-qubit gate calibrated with error 1 (a broken coupler; it makes the worst
     2-qubit error 1.0).
     """
 
     backend: str
-    num_qubits: int
+    num_qubits: Figure
     basis_gates: list[str]
     two_qubit_gates: list[str]
     connectivity: Connectivity
@@ -64,7 +68,7 @@ class QuantumSection:
     gate_duration_2q_s: Spread | None = None
     readout_error: Spread | None = None
     readout_duration_s: Spread | None = None
-    unusable_2q_pairs: int = 0
-    max_shots: int | None = None
-    max_circuits: int | None = None
+    unusable_2q_pairs: Figure | None = None
+    max_shots: Figure | None = None
+    max_circuits: Figure | None = None
     processor: str | None = None

@@ -119,18 +119,12 @@ class FakeNvml:
     def nvmlDeviceGetPciInfo(self, h):
         return SimpleNamespace(domain=0, bus=self._gpu("nvmlDeviceGetPciInfo", h).pci_bus, device=0)
 
-    def nvmlDeviceGetCudaComputeCapability(self, h):
-        return self._gpu("nvmlDeviceGetCudaComputeCapability", h).compute_capability
-
     def nvmlDeviceGetMaxClockInfo(self, h, clock):
         g = self._gpu("nvmlDeviceGetMaxClockInfo", h)
         return g.max_sm_clock_mhz if clock == pynvml.NVML_CLOCK_SM else g.max_memory_clock_mhz
 
     def nvmlDeviceGetClockInfo(self, h, clock):
         return self._gpu("nvmlDeviceGetClockInfo", h).max_sm_clock_mhz if clock == pynvml.NVML_CLOCK_SM else 0
-
-    def nvmlDeviceGetMemoryBusWidth(self, h):
-        return self._gpu("nvmlDeviceGetMemoryBusWidth", h).memory_bus_width_bits
 
     def nvmlDeviceGetPowerManagementLimit(self, h):
         return self._gpu("nvmlDeviceGetPowerManagementLimit", h).power_limit_mw

@@ -12,10 +12,11 @@ import hal
 from hal.capability import validate
 from hal.device import OpSpec, TensorSpec
 from hal.drivers.ibm_qpu import Circuit, IbmQpuDevice, backends, counts, service
-from hal.drivers.ibm_qpu.primitives import check_isa
-from hal.drivers.ibm_qpu.solvers import brute_force_qubo
+from hal.drivers.ibm_qpu.primitives import check_isa, observable_terms
+from hal.drivers.ibm_qpu.solvers import brute_force_qubo, h2_hamiltonian, qubo_minimize, vqe
 from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput, ShapeError, UnsupportedOp
 from hal.testing.conformance import DeviceConformance
+from hal.testing.samples import Sample
 
 qiskit = pytest.importorskip("qiskit")
 from qiskit import QuantumCircuit
@@ -28,6 +29,25 @@ TOKEN = "sekrit-token-0123456789abcdef"
 
 class TestConformance(DeviceConformance):
     uri = "ibm_qpu:aer?shots=0"
+
+    def sample(self, op_name: str, dtype: torch.dtype, generator: torch.Generator) -> Sample:
+        if op_name == "expectation":
+            qc, _ = ansatz(2)
+            rows = (torch.rand(3, qc.num_parameters, generator=generator, dtype=torch.float64) * 6).to(dtype)
+            return Sample([rows], attrs={"circuit": Circuit(qc), "observables": observable_terms(["ZZ", "XI"], 2)})
+        if op_name == "sample":  # RX(0) or RX(pi) then measure: bits that do not depend on the shots' randomness
+            theta = ParameterVector("a", 1)
+            qc = QuantumCircuit(1)
+            qc.rx(theta[0], 0)
+            qc.measure_all()
+            return Sample([torch.tensor([[0.0], [np.pi]], dtype=dtype)], attrs={"circuit": Circuit(qc), "shots": 16})
+        return super().sample(op_name, dtype, generator)
+
+    def reference(self, op_name: str, sample: Sample) -> torch.Tensor | None:
+        if op_name == "sample":
+            ones = sample.inputs[0][:, 0] > 1.0
+            return ones[:, None, None].expand(-1, sample.attrs["shots"], 1).to(torch.uint8)
+        return super().reference(op_name, sample)  # expectation returns (values, errors) pairs
 
 
 def fresh(uri: str) -> IbmQpuDevice:
@@ -77,13 +97,15 @@ def test_fake_backend_capabilities_come_from_its_calibration():
     caps = hal.device("ibm_qpu:fake_manila").capabilities
     validate(caps.to_dict())
     section = caps.sections["quantum"]
-    assert section.num_qubits == 5 and {"cx", "rz", "sx", "x"} <= set(section.basis_gates) and section.two_qubit_gates == ["cx"]
-    assert [0, 1] in section.connectivity.edges and section.connectivity.degree_max == 2
+    assert section.num_qubits.value == 5 and section.num_qubits.source == "measured:backend Target num_qubits"
+    assert {"cx", "rz", "sx", "x"} <= set(section.basis_gates) and section.two_qubit_gates == ["cx"]
+    assert [0, 1] in section.connectivity.edges and section.connectivity.degree_max.value == 2 and section.connectivity.degree_max.kind == "derived"
     assert section.t1_s.median.source.startswith("measured:calibration 2024")
     assert section.t1_s.worst.value <= section.t1_s.median.value and section.t1_s.count == 5
     assert section.gate_error_2q.worst.value >= section.gate_error_2q.median.value > section.gate_error_1q.median.value
     assert section.readout_error.median.value > 0 and section.gate_duration_2q_s.median.value > section.gate_duration_1q_s.median.value
-    assert section.max_shots == 100000 and caps.ops["expectation"].limits["max_qubits"] == 5 and section.unusable_2q_pairs == 0
+    assert section.max_shots.value == 100000 and section.max_shots.kind == "measured"
+    assert caps.ops["expectation"].limits["max_qubits"] == 5 and section.unusable_2q_pairs.value == 0
     assert caps.simulated and not caps.deterministic and section.noise_model
 
 
@@ -91,7 +113,37 @@ def test_ideal_simulator_reports_no_noise_figures():
     caps = hal.device("ibm_qpu:aer?shots=0").capabilities
     section = caps.sections["quantum"]
     assert section.t1_s is None and section.gate_error_2q is None and section.connectivity.all_to_all
-    assert caps.deterministic and not section.noise_model
+    assert section.connectivity.degree_max is None and section.unusable_2q_pairs is None
+    assert section.num_qubits.kind == "derived" and "host memory" in section.num_qubits.source  # Aer sizes it from RAM
+    assert not section.noise_model
+    # expectation values are exact here, but sample draws shots: the device is not deterministic
+    assert not caps.deterministic and any("seed the device" in n for n in caps.notes)
+
+
+def _bare_numbers(value, path="") -> list[str]:
+    """Paths of numbers in a capability section that are not inside a Figure (every figure must say its source)."""
+    if isinstance(value, dict):
+        if {"value", "unit", "source"} <= set(value):
+            return []
+        return [p for key, item in value.items() for p in _bare_numbers(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _bare_numbers(item, f"{path}[{i}]")]
+    return [path] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def test_broken_couplers_are_counted_once_per_qubit_pair():
+    # fake_torino lists each cz coupler in both directions: 22 calibrations with error 1 are 11 broken couplers
+    section = hal.device("ibm_qpu:fake_torino").capabilities.sections["quantum"]
+    assert section.gate_error_2q.count == 300 and section.gate_error_2q.worst.value == 1.0
+    assert section.unusable_2q_pairs.value == 11 and section.unusable_2q_pairs.kind == "derived"
+
+
+@pytest.mark.parametrize("uri", ["ibm_qpu:fake_manila", "ibm_qpu:aer?shots=0"])
+def test_every_number_in_the_quantum_section_is_a_sourced_figure(uri):
+    section = hal.device(uri).capabilities.to_dict()["sections"]["quantum"]
+    # coupling-map edges are qubit indices and a Spread's count is its sample size: data, not figures
+    bare = [p for p in _bare_numbers(section) if not p.startswith(".connectivity.edges") and not p.endswith(".count")]
+    assert bare == []
 
 
 def test_unknown_fake_backend_suggests_close_names():
@@ -177,14 +229,13 @@ def test_estimate_adds_gate_errors_to_shot_noise_on_a_noisy_backend():
     assert noisy.latency_s > 1000 * 1e-6 and noisy.energy_j == 0.0  # 1000 shots of a microsecond-scale circuit; local
 
 
-def test_qubo_minimize_through_an_opspec_finds_the_brute_force_optimum():
+def test_qubo_minimize_is_a_solver_not_a_device_op():
     d = hal.device("ibm_qpu:aer?shots=0")
-    q = torch.tensor([[-1.0, 2.0, 0.0, 0.0], [0.0, -1.0, 2.0, 0.0], [0.0, 0.0, -1.0, 2.0], [0.0, 0.0, 0.0, -1.0]], dtype=torch.float64)
-    program = d.prepare(OpSpec("qubo_minimize", [TensorSpec((4, 4), torch.float64)], attrs={"reps": 1}))
-    x, energy = program(q)
-    _, best = brute_force_qubo(q.numpy())
-    xf = x.double()
-    assert float(energy) == pytest.approx(best) and float(xf @ q @ xf) == pytest.approx(best)
+    assert "qubo_minimize" not in d.capabilities.ops  # a heuristic has no error bound to declare as a tolerance
+    q = np.array([[-1.0, 2.0, 0.0, 0.0], [0.0, -1.0, 2.0, 0.0], [0.0, 0.0, -1.0, 2.0], [0.0, 0.0, 0.0, -1.0]])
+    result = qubo_minimize(q, d, seed=3)
+    _, best = brute_force_qubo(q)
+    assert result.energy == pytest.approx(best) and float(result.x @ q @ result.x) == pytest.approx(best)
 
 
 # ---------------------------------------------------------------------------- bad input, refused before any job
@@ -291,10 +342,24 @@ def test_real_backends_go_through_the_service_and_never_leak_the_token(monkeypat
     values, _ = d.prepare_circuit(ansatz(2)[0], ["ZZ"])(torch.zeros(1, 4, dtype=torch.float64))
     assert values.shape == (1, 1) and d.telemetry()["last_job_id"]
     assert d.describe_credentials().source == "environment variable QISKIT_IBM_TOKEN" and not d.capabilities.simulated
+    assert d.capabilities.energy["system_power_w"].kind == "assumed"  # another system's order of magnitude, no IBM datasheet
     with pytest.raises(DeviceUnavailable) as caught:
         IbmQpuDevice("ibm_qpu:ibm_nowhere")
     assert TOKEN not in str(caught.value) and service.REDACTED in str(caught.value) and caught.value.__cause__ is None
     assert all(TOKEN not in record.getMessage() for record in caplog.records)
+    d.close()
+
+
+def test_a_real_processor_refuses_a_seeded_solver_call_before_any_job(monkeypatch):
+    # its shots cannot be seeded, so "same seed, same answer" cannot hold: an error naming the fix, not a silent ignore
+    monkeypatch.setenv(service.TOKEN_VARIABLE, TOKEN)
+    monkeypatch.setattr(IbmQpuDevice, "service_factory", FakeService)
+    d = IbmQpuDevice("ibm_qpu:ibm_manila?shots=200")
+    with pytest.raises(InvalidInput, match="cannot be seeded.*seed=None"):
+        qubo_minimize(np.diag([-1.0, 1.0]), d, seed=1)
+    with pytest.raises(InvalidInput, match="seed=None"):
+        vqe(h2_hamiltonian(), d, seed=0)
+    assert d.telemetry()["jobs"] == 0
     d.close()
 
 

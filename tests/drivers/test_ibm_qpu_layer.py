@@ -137,3 +137,39 @@ def test_layer_refuses_nan_inputs_and_circuits_the_shift_rule_does_not_cover():
     controlled.crx(theta, 0, 1)
     with pytest.raises(InvalidInput, match="crx"):
         QuantumLayer.from_circuit(controlled, [], [theta], ["ZZ"], device=hal.device("ibm_qpu:aer?shots=0"))
+
+
+def _upward_imports(package: str) -> list[str]:
+    """Imports in ``package``'s modules that reach above a driver: the package root ``hal`` itself (not one of its
+    submodules), the runtime, hal.nn, the CLI, the testing kit, or another driver."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    own = package.rsplit(".", 1)[1]
+    above = ("hal.runtime", "hal.nn", "hal.cli", "hal.testing")
+    found = []
+    for path in sorted(Path(importlib.util.find_spec(package).origin).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+                modules = [node.module] if node.module != "hal" else [n if importlib.util.find_spec(n) else "hal" for n in names]
+            else:
+                continue
+            for module in modules:
+                other_driver = module.startswith("hal.drivers.") and module.split(".")[2] != own
+                if module == "hal" or module.startswith(above) or other_driver:
+                    found.append(f"{path.name}:{node.lineno} imports {module}")
+    return found
+
+
+def test_the_driver_reaches_devices_through_the_registry_not_the_package_root():
+    # layer.py opened its device with `import hal; hal.device(...)`: a driver must not import the front door
+    assert _upward_imports("hal.drivers.ibm_qpu") == []
+    device = hal.device("ibm_qpu:aer?shots=0")
+    assert QuantumLayer(2, 1, device="ibm_qpu:aer?shots=0").device is device  # a string opens the registry's device
+    assert QuantumLayer(2, 1, device=device).device is device
+    with pytest.raises(InvalidInput, match="ibm_qpu device"):
+        QuantumLayer(2, 1, device="cpu")

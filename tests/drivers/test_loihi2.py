@@ -191,8 +191,33 @@ def test_capacity_is_checked_at_prepare() -> None:
     device = hal.device("loihi2:0")
     spikes = torch.zeros(2, 1, 200_000, dtype=torch.uint8)
     weight = torch.zeros(1, 200_000)
-    support = device.supports(OpSpec("lif_layer", [spikes], {"weight": weight}))
+    op = OpSpec("lif_layer", [spikes], {"weight": weight})
+    support = device.supports(op)
     assert not support and "synaptic memory" in support.reason
+    with pytest.raises(CapacityExceeded, match="synaptic memory") as estimated:
+        device.estimate(op)
+    # prepare() raised the generic UnsupportedOp; it must say what does not fit, with the numbers, as estimate() does
+    for given in (op, OpSpec("lif_layer", [spikes])):  # the weight in the OpSpec, or only in params
+        with pytest.raises(CapacityExceeded, match="synaptic memory") as prepared:
+            device.prepare(given, {"weight": weight})
+        assert (prepared.value.needed, prepared.value.available) == (estimated.value.needed, estimated.value.available) == (200_000, 131_072)
+    many = torch.zeros(1_100_000, 1, dtype=torch.int8)  # 1.1M neurons at 8192 per core: 135 cores, one chip has 128
+    with pytest.raises(CapacityExceeded, match="neuro cores") as cores:
+        device.prepare(OpSpec("lif_layer", [torch.zeros(2, 1, 1, dtype=torch.uint8)], {"weight": many}), {"weight": many})
+    assert (cores.value.needed, cores.value.available) == (135, 128)
+
+
+def test_capabilities_source_every_figure_and_cite_loihi_1_energies() -> None:
+    device = hal.device("loihi2:0?chips=4")
+    caps = device.capabilities
+    section = caps.sections["neuromorphic"]
+    assert section.chips.value == 4 and section.chips.kind == "assumed"
+    assert section.core.synaptic_memory_bytes.kind == "assumed"  # Loihi 2 partitions core memory flexibly: no published size
+    assert section.chip.neuro_cores.kind == "datasheet" and section.system.neuro_cores.value == 4 * 128
+    for figure in (*caps.energy.values(), *caps.peak.values()):
+        assert "Davies et al." in figure.source and "first-generation Loihi" in figure.note
+    cost = device.estimate(OpSpec("lif_layer", [torch.zeros(4, 1, 8, dtype=torch.uint8)], {"weight": torch.zeros(2, 8)}))
+    assert "Loihi 1" in cost.formula
 
 
 def test_lava_backend_is_unavailable_with_a_reason_when_no_interpreter(monkeypatch, tmp_path) -> None:
@@ -243,7 +268,19 @@ class TestConformance(DeviceConformance):
             x = torch.randn(4, 16, generator=generator, dtype=torch.float64).to(dtype)
             w = (torch.randn(8, 16, generator=generator, dtype=torch.float64) / 4).to(dtype)
             return Sample([x], {"weight": w, "bias": torch.randn(8, generator=generator, dtype=torch.float64).to(dtype)}, {"activation": "relu"})
+        if op_name == "lif_layer":
+            spikes = (torch.rand(30, 2, 12, generator=generator) < 0.4).to(dtype)
+            weight = torch.randint(-200, 200, (6, 12), generator=generator)
+            return Sample([spikes], {"weight": weight}, {"du": 300, "dv": 100, "vth": 40})
         return super().sample(op_name, dtype, generator)
+
+    def reference(self, op_name: str, sample: Sample) -> torch.Tensor | None:
+        if op_name == "lif_layer":  # the per-step integer transcription above, sample by sample
+            lif = LifParams(sample.params["weight"].shape[0], du=sample.attrs["du"], dv=sample.attrs["dv"], vth=sample.attrs["vth"])
+            spikes = sample.inputs[0]
+            trains = [reference_lif(sample.params["weight"], 0, lif, spikes[:, b])[0] for b in range(spikes.shape[1])]
+            return torch.stack(trains, dim=1).to(torch.uint8)
+        return super().reference(op_name, sample)
 
 
 def _fake_python(tmp_path, body: str) -> str:

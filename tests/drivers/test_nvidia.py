@@ -121,7 +121,9 @@ def test_mixed_machine_joins_nvml_and_cuda_by_pci_address():
     ]
     assert [i.uri for i in hopper] == ["hopper:1"] and hopper[0].available
     assert [i.uri for i in blackwell] == ["blackwell:0"] and blackwell[0].summary["sm_count"] == 148
-    assert [i.uri for i in cuda] == ["cuda:2"] and cuda[0].summary["compute_capability"] == "8.0"
+    # cuda:N opens every GPU, so its probe lists every GPU; the family GPUs say which name they are listed under too
+    assert [(i.uri, i.summary.get("alias_of")) for i in cuda] == [("cuda:0", "blackwell:0"), ("cuda:1", "hopper:1"), ("cuda:2", None)]
+    assert all(i.available for i in cuda) and cuda[2].summary["compute_capability"] == "8.0"
     assert detection.gpus[1].nvml.uuid == gpus[1].uuid
 
 
@@ -129,10 +131,77 @@ def test_absent_kind_names_what_is_here():
     with simulated(H100_SXM):
         (info,) = BlackwellDevice.probe()
         assert not info.available and "hopper:0" in info.reason and info.fix == "use hopper:0"
-        with pytest.raises(DeviceUnavailable, match="open it as hopper:0"):
+        with pytest.raises(DeviceUnavailable, match="open it as hopper:0 \\(or cuda:0"):
             BlackwellDevice("blackwell:0")
         with pytest.raises(DeviceUnavailable, match="no CUDA device 3"):
             HopperDevice("hopper:3")
+        with pytest.raises(DeviceUnavailable, match="no CUDA device 1"):
+            CudaDevice("cuda:1")
+
+
+def _differences(family: dict, generic: dict) -> dict:
+    """Where the capability documents of one GPU opened as its family and as cuda:N differ, besides its name."""
+    return {key: (family[key], generic[key]) for key in family if key not in ("uri", "kind") and family[key] != generic[key]}
+
+
+@pytest.mark.parametrize(("gpu", "family"), [(H100_SXM, HopperDevice), (H200, HopperDevice), (B200, BlackwellDevice), (A100, CudaDevice)])
+def test_cuda_n_opens_any_nvidia_gpu_as_its_family_device(gpu, family):
+    # cuda:0 on an H100 was refused ("open it as hopper:0"): users expect cuda:N to open any NVIDIA GPU
+    with simulated(gpu):
+        generic = CudaDevice("cuda:0?matmul_precision=bf16&attention=hal")
+        named = family(f"{family.kind}:0?matmul_precision=bf16&attention=hal")
+        gen_caps, named_caps = generic.capabilities, named.capabilities
+        matmul_op = OpSpec("matmul", [torch.empty(256, 256), torch.empty(256, 256)])
+        assert generic.estimate(matmul_op) == named.estimate(matmul_op)
+        if family is not CudaDevice:
+            q = torch.empty(1, 2, 8, 64, dtype=torch.bfloat16)
+            attention = OpSpec("attention", [q, q, q], attrs={"causal": True})
+            assert generic.prepare(attention).path == named.prepare(attention).path == "hal.kernels.attention (Triton/Gluon)"
+        listed = CudaDevice.probe()
+        doctor = CudaDevice.diagnose()
+    validate(gen_caps.to_dict())
+    assert generic.torch_device == named.torch_device == torch.device("cuda", 0)
+    assert gen_caps.kind == "cuda" and gen_caps.uri == "cuda:0?attention=hal&matmul_precision=bf16"
+    assert gen_caps.identity["listed_as"] == f"{kind_for(gpu.compute_capability[0])}:0"
+    assert _differences(named_caps.to_dict(), gen_caps.to_dict()) == {}
+    # what the cuda probe lists is what opens (hal.device checks the listing); a family GPU is marked as the same GPU
+    assert [(i.uri, i.available, i.summary.get("alias_of")) for i in listed] == [("cuda:0", True, None if family is CudaDevice else f"{family.kind}:0")]
+    assert all(c.ok for c in doctor)
+
+
+def test_hal_device_opens_cuda_0_on_a_hopper_through_the_registry(monkeypatch):
+    import hal
+    from hal import registry
+
+    monkeypatch.setattr(registry, "_probed", {})  # keep simulated probe results out of other tests
+    with simulated(H100_SXM):
+        try:
+            generic, named = hal.device("cuda:0"), hal.device("hopper:0")
+            counted, available = hal.device_count("cuda"), hal.is_available("cuda:0")
+        finally:
+            for uri in ("cuda:0", "hopper:0"):
+                opened = registry._open.get(uri)
+                if opened is not None:
+                    opened.close()
+    assert isinstance(generic, CudaDevice) and generic.torch_device == named.torch_device
+    assert generic.capabilities.sections["gpu"].architecture == "hopper" and counted == 1 and available
+
+
+def test_hal_indices_are_cuda_ordinals_after_cuda_visible_devices():
+    # NVML numbers by PCI bus and ignores CUDA_VISIBLE_DEVICES; CUDA (and torch, and hal) number what stays visible.
+    # CUDA_VISIBLE_DEVICES=2,0 on an A100 / H100 / B200 machine: cuda:0 is the B200, cuda:1 the A100, no H100.
+    gpus = machine(A100, H100_SXM, B200)
+    with using(Backends(FakeNvml(gpus), FakeCuda(gpus, order=[2, 0]), torch_problem=lambda: None)):
+        first, second = CudaDevice("cuda:0"), CudaDevice("cuda:1")
+        blackwell = BlackwellDevice("blackwell:0")
+        with pytest.raises(DeviceUnavailable, match="no CUDA device 2"):
+            CudaDevice("cuda:2")
+        with pytest.raises(DeviceUnavailable, match="hal runs as cuda:1"):
+            HopperDevice("hopper:1")
+    assert first.gpu.name == "NVIDIA B200" and first.capabilities.identity["uuid"] == gpus[2].uuid
+    assert first.capabilities.identity["listed_as"] == "blackwell:0" and blackwell.gpu.cuda.pci_address == first.gpu.cuda.pci_address
+    assert second.gpu.name == "NVIDIA A100-SXM4-80GB" and second.torch_device == torch.device("cuda", 1)
+    assert second.capabilities.identity["uuid"] == gpus[0].uuid
 
 
 # --------------------------------------------------------------------------- capabilities
@@ -146,7 +215,8 @@ def test_blackwell_b200_capabilities():
     assert info.available and info.summary["name"] == "NVIDIA B200"
     validate(caps.to_dict())
     gpu = caps.sections["gpu"]
-    assert gpu.architecture == "blackwell" and gpu.compute_capability == "10.0" and gpu.sm_count == 148
+    assert gpu.architecture == "blackwell" and gpu.compute_capability == "10.0" and gpu.sm_count.value == 148
+    assert gpu.sm_count.source == "measured:CUDA attribute CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT"
     assert {"float4_e2m1fn", "nvfp4", "mxfp8", "float8_e4m3fn", "bfloat16"} <= set(gpu.tensor_core_dtypes)
     assert any("tcgen05" in f for f in gpu.features) and any("TMEM" in f for f in gpu.features)
     bf16 = caps.peak["bfloat16_tensor_flop_per_s"]
@@ -180,7 +250,8 @@ def test_hopper_h100_shared_memory_is_228_kib_not_164():
     assert gpu.datasheet["bfloat16_tensor_flop_per_s"].value == pytest.approx(989.4e12)
     assert caps.peak["float8_tensor_flop_per_s"].value == pytest.approx(2 * bf16)
     assert caps.memory_bytes.kind == "measured" and caps.memory_bytes.value == H100_SXM.memory_total_bytes
-    assert gpu.interconnect.nvlink_active_links == 18 and gpu.interconnect.pcie_generation == 5
+    assert gpu.interconnect.nvlink_active_links.value == 18 and gpu.interconnect.pcie_generation.value == 5
+    assert gpu.interconnect.pcie_lanes.kind == "measured" and "NVML" in gpu.interconnect.pcie_lanes.source
     assert gpu.power_limit_w.value == 700
     validate(caps.to_dict())
 
@@ -438,6 +509,6 @@ def test_cli_query_and_watch_on_a_simulated_b200(monkeypatch):
     assert query.exit_code == 0, query.output
     document = json.loads(query.output)
     validate(document)
-    assert document["sections"]["gpu"]["sm_count"] == 148
+    assert document["sections"]["gpu"]["sm_count"]["value"] == 148
     assert watch.exit_code == 0, watch.output
     assert "power_w" in watch.output and "72.0" in watch.output

@@ -1,8 +1,8 @@
 """NVIDIA drivers on a real GPU (run on an H100/H200: ``pytest -m gpu tests/drivers/test_nvidia_gpu.py``).
 
-The conformance kit on the first GPU under three precision policies, detected capabilities against what torch
-reads from the CUDA runtime, the precision policy's paths and errors, attention through hal's kernel,
-out-of-memory as CapacityExceeded, and NVML telemetry.
+The conformance kit on the first GPU under three precision policies and under its generic name ``cuda:0``,
+detected capabilities against what torch reads from the CUDA runtime, the precision policy's paths and errors,
+attention through hal's kernel, out-of-memory as CapacityExceeded, and NVML telemetry.
 """
 
 from __future__ import annotations
@@ -42,13 +42,19 @@ class TestConformanceFp8Policy(DeviceConformance):
     uri = first_gpu_uri("?matmul_precision=fp8") if torch.cuda.is_available() else "hopper:0"
 
 
+class TestConformanceCudaName(DeviceConformance):
+    """cuda:0 opens the first GPU whatever its family (hopper:0 on an H100) and must conform the same."""
+
+    uri = "cuda:0"
+
+
 def test_detected_capabilities_match_the_cuda_runtime():
     device = hal.device(first_gpu_uri())
     caps = device.capabilities
     gpu = caps.sections["gpu"]
     props = torch.cuda.get_device_properties(0)
     assert gpu.name == props.name
-    assert gpu.sm_count == props.multi_processor_count
+    assert gpu.sm_count.value == props.multi_processor_count and gpu.sm_count.kind == "measured"
     assert gpu.compute_capability == f"{props.major}.{props.minor}"
     assert gpu.resources["l2_cache_bytes"].value == props.L2_cache_size
     assert gpu.resources["shared_memory_per_block_optin_bytes"].value == props.shared_memory_per_block_optin
@@ -60,6 +66,15 @@ def test_detected_capabilities_match_the_cuda_runtime():
         assert gpu.resources["shared_memory_per_block_optin_bytes"].value == 227 * 1024
         assert caps.peak["bfloat16_tensor_flop_per_s"].kind == "derived"
     hal.capability.validate(caps.to_dict())
+
+
+def test_cuda_0_is_the_first_gpu_under_its_generic_name():
+    family, generic = hal.device(first_gpu_uri()), hal.device("cuda:0")
+    assert generic.torch_device == family.torch_device == torch.device("cuda", 0)
+    assert generic.capabilities.identity["listed_as"] == first_gpu_uri()
+    assert generic.capabilities.peak == family.capabilities.peak
+    a, b = torch.randn(128, 256, device="cuda"), torch.randn(256, 64, device="cuda")
+    torch.testing.assert_close(generic.matmul(a, b), family.matmul(a, b), rtol=0, atol=0)
 
 
 def test_probe_lists_the_gpu_as_available():

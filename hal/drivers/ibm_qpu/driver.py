@@ -9,23 +9,26 @@ expectation     parameter values              ``circuit`` (Circuit), ``observabl
                 (batch, n_params)             (Pauli terms), ``shots`` (optional)         each (batch, n_obs)
 sample          parameter values              ``circuit`` (with measurements),            bits (batch, shots,
                 (batch, n_params)             ``shots`` (optional)                        n_clbits) uint8
-qubo_minimize   Q (n, n)                      ``reps`` (QAOA depth p), ``shots``          (x (n,), energy ())
 =============== ============================= =========================================== =======================
 
 The circuit is part of *what* is computed, so it travels in the OpSpec attributes; the numbers that change
 between calls (parameter values) are the tensor input. ``d.prepare_circuit(circuit, observables)`` builds
 that OpSpec and prepares it: one call of the Program = one primitive job over all rows. ``shots=0`` (ideal
 simulator only) gives exact expectation values.
+
+QAOA (``solvers.qubo_minimize``) and VQE (``solvers.vqe``) are algorithms built on these two ops, not device
+ops: a heuristic optimiser has no a-priori error bound to declare as a tolerance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
@@ -41,18 +44,24 @@ from hal.drivers.ibm_qpu.primitives import (
     sparse_observables,
 )
 from hal.drivers.ibm_qpu.service import SETUP_FIX, Connection, Credentials, JobPolicy, JobRunner, connect, find_credentials
-from hal.errors import CapacityExceeded, DeviceUnavailable, HalError, InvalidInput, ShapeError, UnsupportedOp
+from hal.errors import DeviceUnavailable, HalError, InvalidInput, ShapeError, UnsupportedOp
 
 QISKIT_PACKAGES = ("qiskit", "qiskit-aer", "qiskit-ibm-runtime")
 INSTALL_FIX = "pip install 'hal[quantum]' (qiskit, qiskit-aer, qiskit-ibm-runtime)"
-PARADIGM_OPS = ("expectation", "sample", "qubo_minimize")
+PARADIGM_OPS = ("expectation", "sample")
 DTYPES = ("float64", "float32")
 #: Name under which probe() reports real IBM Quantum processors when no account is configured.
 REMOTE_PLACEHOLDER = "ibm_quantum"
 #: Whole-system electrical power of a dilution-refrigerated superconducting quantum computer, almost all of it
-#: cryogenics and control electronics (the chip itself dissipates microwatts). IBM publishes no figure; this is
-#: the published figure for a comparable system, used for order-of-magnitude energy estimates only.
-SYSTEM_POWER_W = Figure.datasheet(25e3, "W", "IEEE Spectrum, 'How much power will quantum computing need?' (2015): D-Wave 2X system just under 25 kW, mostly refrigeration", "order of magnitude for a superconducting QPU system; no IBM figure is published")
+#: cryogenics and control electronics (the chip itself dissipates microwatts). IBM publishes no figure, so this is
+#: an engineering choice: the order of magnitude of a comparable system, for energy estimates only.
+SYSTEM_POWER_W = Figure.assumed(
+    25e3,
+    "W",
+    "IBM publishes no system power; taken as the order of magnitude of a comparable dilution-refrigerated system "
+    "(IEEE Spectrum, 'How much power will quantum computing need?' (2015): a D-Wave 2X drew just under 25 kW, mostly refrigeration)",
+    "order of magnitude only",
+)
 #: Standard errors within which sampled expectation values are promised (4 sigma: 1 in 16,000 outside).
 TOLERANCE_SIGMAS = 4.0
 
@@ -193,17 +202,17 @@ class IbmQpuDevice(Device):
     def _build_capabilities(self) -> Capabilities:
         from hal.drivers.ibm_qpu.target_facts import quantum_section
 
-        section = quantum_section(self.backend, self.name, self._max_shots(), self._max_circuits(), noise_model=self.local and not self.ideal)
-        limits = {"max_qubits": section.num_qubits}
+        section = quantum_section(self.backend, self.name, self._max_shots(), self._max_circuits(), noise_model=self.local and not self.ideal, ideal=self.ideal)
+        width = int(section.num_qubits.value)
+        limits = {"max_qubits": width}
         if section.max_shots:
-            limits["max_shots"] = section.max_shots
+            limits["max_shots"] = int(section.max_shots.value)
         tolerance = 1e-9 if self.shots == 0 else TOLERANCE_SIGMAS / math.sqrt(self.shots)
         tol = {d: tolerance for d in DTYPES}
         noise = "" if self.ideal else " Hardware noise adds a bias that shots do not average away; estimate() reports it."
         ops = {
             "expectation": OpSupport(DTYPES, tol, dict(limits), f"values within {TOLERANCE_SIGMAS:g} standard errors (1/sqrt(shots) per unit-norm Pauli) of the exact ones.{noise}"),
             "sample": OpSupport(DTYPES, tol, dict(limits), "bits (batch, shots, n_clbits); frequencies within 4/sqrt(shots) of the exact probabilities."),
-            "qubo_minimize": OpSupport(DTYPES, {d: 1.0 for d in DTYPES}, {"max_variables": section.num_qubits}, "QAOA: a heuristic, no a-priori error bound; see docs/ibm_qpu.md for measured approximation ratios."),
         }
         versions = _versions()
         identity = {"backend": self.name, "family": "ideal simulator" if self.ideal else ("fake backend" if self.local else "IBM Quantum"), **versions}
@@ -212,6 +221,7 @@ class IbmQpuDevice(Device):
             identity["backend_version"] = str(version_text)
         notes = [
             "Paradigm ops only: prepare circuits with device.prepare_circuit(circuit, observables); parameter values are the input tensor (batch, n_params).",
+            "Not deterministic: sample draws shots (expectation values are exact with shots=0 on the ideal simulator); seed the device (?seed=, manual_seed) to repeat them.",
             "One Program call = one primitive job for all rows (batched); ISA transpilation is cached per circuit structure.",
         ]
         if self.local and not self.ideal:
@@ -225,7 +235,7 @@ class IbmQpuDevice(Device):
             simulated=self.local,
             identity=identity,
             ops=ops,
-            deterministic=self.shots == 0,
+            deterministic=False,  # sample draws shots even where expectation values are exact (shots=0)
             energy={} if self.local else {"system_power_w": SYSTEM_POWER_W},
             sections={"quantum": section},
             notes=notes,
@@ -242,9 +252,6 @@ class IbmQpuDevice(Device):
             raise InvalidInput(f"{op.name}: {shots} shots exceed {self.name}'s limit of {limit} per circuit; use fewer shots or repeat the job")
         if shots == 0 and not self.ideal:
             raise InvalidInput(f"{op.name}: shots=0 (exact values) exists only on ibm_qpu:aer; give shots > 0")
-        if op.name == "qubo_minimize":
-            self._validate_qubo(op)
-            return
         circuit = op.attr("circuit")
         if not isinstance(circuit, Circuit):
             raise InvalidInput(f"{op.name} needs the attribute circuit=Circuit(quantum_circuit); build the op with device.prepare_circuit(circuit, observables)")
@@ -258,17 +265,6 @@ class IbmQpuDevice(Device):
         elif circuit.circuit.num_clbits == 0:
             raise InvalidInput("sample: the circuit measures nothing; add measurements (circuit.measure_all())")
         self.transpiler.isa(circuit, count=count)
-
-    def _validate_qubo(self, op: OpSpec) -> None:
-        if len(op.inputs) != 1 or len(op.inputs[0].shape) != 2 or op.inputs[0].shape[0] != op.inputs[0].shape[1] or op.inputs[0].shape[0] is None:
-            raise ShapeError(f"qubo_minimize takes one square matrix Q (n, n), got {[list(s.shape) for s in op.inputs]}")
-        n = op.inputs[0].shape[0]
-        width = self.backend.target.num_qubits
-        if n > width:
-            raise CapacityExceeded(f"qubo_minimize: {n} variables need {n} qubits but {self.name} has {width}", needed=n, available=width)
-        reps = op.attr("reps", 1)
-        if not isinstance(reps, int) or reps < 1:
-            raise InvalidInput(f"qubo_minimize: reps (QAOA depth p) must be an integer >= 1, got {reps!r}")
 
     def _op_shots(self, op: OpSpec) -> int:
         shots = op.attr("shots", None)
@@ -320,8 +316,8 @@ class IbmQpuDevice(Device):
         shots = self._op_shots(op)
         rows = op.inputs[0].shape[0] if op.inputs and op.inputs[0].shape and op.inputs[0].shape[0] else 1
         circuit = op.attr("circuit")
-        if op.name == "qubo_minimize" or not isinstance(circuit, Circuit):
-            return Cost(float("inf"), float("inf") if not self.local else 0.0, 1.0, "qubo_minimize is an iterative QAOA optimisation: its cost depends on convergence; see docs/ibm_qpu.md")
+        if not isinstance(circuit, Circuit):
+            raise InvalidInput(f"{op.name} needs the attribute circuit=Circuit(quantum_circuit); build the op with device.prepare_circuit(circuit, observables)")
         isa = self.transpiler.isa(circuit, count=False)
         section = self.capabilities.sections["quantum"]
         shot_error = 0.0 if shots == 0 else 1.0 / math.sqrt(shots)
@@ -372,8 +368,6 @@ class IbmQpuDevice(Device):
 
     # ---- programs
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
-        if op.name == "qubo_minimize":
-            return self._qubo_program(op)
         circuit: Circuit = op.attr("circuit")
         isa = self.transpiler.isa(circuit, count=False)
         shots = self._op_shots(op)
@@ -395,22 +389,22 @@ class IbmQpuDevice(Device):
 
         return Program(op, self, cost, run_sample)
 
-    def _qubo_program(self, op: OpSpec) -> Program:
-        from hal.drivers.ibm_qpu.solvers import qubo_minimize
-
-        reps = op.attr("reps", 1)
-        shots = self._op_shots(op)
-
-        def run_qubo(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            result = qubo_minimize(q.detach().cpu().double().numpy(), self, reps=reps, shots=shots)
-            return torch.from_numpy(result.x.astype(np.int64)), torch.tensor(result.energy, dtype=torch.float64)
-
-        return Program(op, self, self.estimate(op), run_qubo)
-
     # ---- lifecycle
     def manual_seed(self, seed: int) -> None:
         """Seed the simulator: the next jobs use seed, seed + 1, ... (real processors are not seedable)."""
         self.executor.reseed(seed)
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        """Jobs inside the block use simulator seeds seed, seed + 1, ...; the device's own seed stream resumes after.
+
+        For calls that promise "same seed, same answer" (``qubo_minimize(seed=...)``, ``vqe(seed=...)``) without
+        disturbing the seeding the device was opened with. Real processors cannot be seeded: InvalidInput.
+        """
+        if not self.local:
+            raise InvalidInput(f"{self.uri} is a real processor: its shots cannot be seeded, so a seeded call cannot repeat; pass seed=None")
+        with self.executor.seeded(seed):
+            yield
 
     def telemetry(self) -> dict[str, Any]:
         """Jobs and circuits run, the last job id, transpile-cache hits and misses, retries."""

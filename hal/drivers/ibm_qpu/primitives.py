@@ -14,9 +14,10 @@ later call only binds values. One call of a Program is one primitive job however
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -216,10 +217,20 @@ class Executor:
         self.local = local
         self.jobs = 0
         self.circuits = 0
-        self._seeds: Iterable[int] | None = None
+        self._seeds: Iterator[int] | None = None
 
     def reseed(self, seed: int | None) -> None:
         self._seeds = None if seed is None else itertools.count(seed)
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        """Jobs inside the block use seeds seed, seed + 1, ...; the stream in place before resumes after the block."""
+        before = self._seeds
+        self._seeds = itertools.count(seed)
+        try:
+            yield
+        finally:
+            self._seeds = before
 
     def _seed_options(self) -> dict[str, Any]:
         if not self.local or self._seeds is None:

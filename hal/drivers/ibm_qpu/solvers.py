@@ -9,11 +9,18 @@ Devices", PRX 10, 021067 (2020)) from the level below. The answer is the best bi
 optimised circuit.
 
 VQE (Peruzzo et al., Nat. Commun. 5, 4213 (2014)): minimise <psi(theta)|H|psi(theta)> over a RealAmplitudes
-ansatz with L-BFGS-B; each iteration's energy and parameter-shift gradient are one batched job.
+ansatz with L-BFGS-B; each iteration's energy and parameter-shift gradient are one batched job. With shots, the
+energy reported is a fresh estimate at the returned parameters, not the lowest noisy value the optimiser saw.
+
+``seed`` (both solvers): the simulator's shots of the call use seed, seed + 1, ... (so the same seed gives the
+same answer) and the device's own seed stream resumes afterwards; ``seed=None`` leaves the device's seeding
+(its ``?seed=`` option, ``manual_seed``) in charge, as real processors, which cannot be seeded, require (vqe then
+draws its starts unseeded too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -38,6 +45,9 @@ H2_0735_TERMS = (
 #: Grid of the p = 1 QAOA start: gamma in (0, pi] (H_C normalised to unit largest coefficient), beta in (0, pi/2].
 GRID_GAMMAS = 12
 GRID_BETAS = 8
+#: COBYLA's evaluation budget per QAOA level and the shots of the final sampling job, unless the caller gives others.
+MAXITER = 200
+SAMPLE_SHOTS = 1024
 
 
 def h2_hamiltonian() -> Any:
@@ -145,6 +155,18 @@ def qaoa_circuit(hamiltonian: Any, reps: int) -> Any:
     return qc
 
 
+def _seeding(device: Any, seed: int | None) -> contextlib.AbstractContextManager:
+    """The block in which ``device``'s jobs use ``seed``, ``seed + 1``, ... (None: the device's own seeding, untouched)."""
+    if seed is None:
+        return contextlib.nullcontext()
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidInput(f"seed must be an integer or None, got {seed!r}")
+    seeded = getattr(device, "seeded", None)
+    if seeded is None:
+        raise InvalidInput(f"{device} cannot seed its jobs; pass seed=None")
+    return seeded(seed)
+
+
 def _interp(values: np.ndarray) -> np.ndarray:
     """INTERP warm start: p angles -> p + 1 angles by linear interpolation (Zhou et al. 2020, eq. B1)."""
     p = len(values)
@@ -154,7 +176,11 @@ def _interp(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class QaoaLevel:
-    """The optimum found at one QAOA depth p."""
+    """The optimum found at one QAOA depth p: its angles and the optimiser's value there.
+
+    With shots, ``expected_energy`` is the lowest of the optimiser's noisy estimates (biased low); the deepest
+    level's fresh estimate is ``QaoaResult.expected_energy``.
+    """
 
     reps: int
     gammas: np.ndarray
@@ -166,6 +192,7 @@ class QaoaLevel:
 class QaoaResult:
     """Outcome of a QAOA run: best sampled assignment, its QUBO value, the QAOA expectation, the angles, the work done.
 
+    ``expected_energy`` is <x^T Q x> of the optimised state, estimated in a job of its own after the optimisation.
     ``levels`` holds the optimum of every depth on the way (p = 1 .. reps): its angles and expected value.
     """
 
@@ -207,10 +234,11 @@ class _QaoaObjective:
         return values[:, 0].numpy() + self.offset
 
 
-def qubo_minimize(q: np.ndarray, device: Any, reps: int = 1, shots: int | None = None, maxiter: int = 200, sample_shots: int = 1024, seed: int = 0) -> QaoaResult:
-    """Minimise x^T Q x by QAOA of depth ``reps`` on ``device`` (warm-started level by level from p = 1)."""
-    from scipy.optimize import minimize
+def qubo_minimize(q: np.ndarray, device: Any, reps: int = 1, shots: int | None = None, maxiter: int = MAXITER, sample_shots: int = SAMPLE_SHOTS, seed: int | None = 0) -> QaoaResult:
+    """Minimise x^T Q x by QAOA of depth ``reps`` on ``device`` (warm-started level by level from p = 1).
 
+    ``seed`` seeds the simulator's shots of this call (see the module docstring); pass None on a real processor.
+    """
     q = np.asarray(q, dtype=np.float64)
     if q.ndim != 2 or q.shape[0] != q.shape[1]:
         raise ShapeError(f"qubo_minimize takes a square matrix Q, got shape {q.shape}")
@@ -218,6 +246,14 @@ def qubo_minimize(q: np.ndarray, device: Any, reps: int = 1, shots: int | None =
         raise InvalidInput("qubo_minimize: Q holds NaN/inf")
     if reps < 1:
         raise InvalidInput(f"qubo_minimize: reps (QAOA depth p) must be >= 1, got {reps}")
+    with _seeding(device, seed):
+        return _qaoa(q, device, reps, shots, maxiter, sample_shots)
+
+
+def _qaoa(q: np.ndarray, device: Any, reps: int, shots: int | None, maxiter: int, sample_shots: int) -> QaoaResult:
+    """The QAOA loop of ``qubo_minimize`` on validated input."""
+    from scipy.optimize import minimize
+
     evaluations = jobs = 0
     levels: list[QaoaLevel] = []
     angles = np.empty(0)
@@ -257,9 +293,9 @@ def qaoa_expectation(q: np.ndarray, device: Any, gammas: np.ndarray, betas: np.n
     return float(objective(np.concatenate([gammas, betas]))[0])
 
 
-def qaoa_maxcut(n: int, edges: list[tuple[int, int]], device: Any, reps: int = 1, shots: int | None = None, maxiter: int = 200) -> tuple[QaoaResult, float]:
-    """QAOA MaxCut: the result and the expected cut of the optimised QAOA state."""
-    result = qubo_minimize(maxcut_qubo(n, edges), device, reps=reps, shots=shots, maxiter=maxiter)
+def qaoa_maxcut(n: int, edges: list[tuple[int, int]], device: Any, reps: int = 1, shots: int | None = None, maxiter: int = MAXITER, seed: int | None = 0) -> tuple[QaoaResult, float]:
+    """QAOA MaxCut: the result and the expected cut of the optimised QAOA state (``seed`` as in ``qubo_minimize``)."""
+    result = qubo_minimize(maxcut_qubo(n, edges), device, reps=reps, shots=shots, maxiter=maxiter, seed=seed)
     return result, -result.expected_energy
 
 
@@ -268,29 +304,44 @@ def qaoa_maxcut(n: int, edges: list[tuple[int, int]], device: Any, reps: int = 1
 
 @dataclass
 class VqeResult:
-    """Outcome of VQE: the lowest energy found, the optimal angles, iterations and jobs (one per iteration)."""
+    """Outcome of VQE: the energy at the optimised angles with its standard error, the angles, iterations, jobs.
+
+    ``energy`` is <H> at ``parameters`` estimated in one job after the optimisation, so with shots it is an unbiased
+    estimate (the optimiser's own values, in ``history``, are the lowest of many noisy estimates: biased low);
+    ``energy_std_error`` is its standard error (0 when exact). ``jobs`` counts one job per objective call plus that one.
+    """
 
     energy: float
+    energy_std_error: float
     parameters: np.ndarray
     iterations: int
     jobs: int
     history: list[float] = field(default_factory=list)
 
 
-def vqe(hamiltonian: Any, device: Any, reps: int = 2, shots: int | None = None, maxiter: int = 200, seed: int = 0, restarts: int = 1) -> VqeResult:
+def vqe(hamiltonian: Any, device: Any, reps: int = 2, shots: int | None = None, maxiter: int = 200, seed: int | None = 0, restarts: int = 1) -> VqeResult:
     """Ground energy of ``hamiltonian`` (a SparsePauliOp) by VQE with a RealAmplitudes ansatz and L-BFGS-B.
 
     Each objective call sends one job holding the energy row and the 2 * n_params parameter-shifted rows,
     so the gradient is exact up to shot noise (and exact on ``ibm_qpu:aer?shots=0``). The first start is
-    near |0...0>; ``restarts`` > 1 adds seeded uniformly random starts against local minima; the lowest
-    energy seen over all starts is returned.
+    near |0...0>; ``restarts`` > 1 adds seeded uniformly random starts against local minima. The start whose
+    optimum the optimiser rated lowest wins, and its energy is then estimated afresh in one more job.
+    ``seed`` draws the starts and seeds the simulator's shots (module docstring); pass None on a real processor.
     """
-    from qiskit.circuit.library import real_amplitudes
-    from scipy.optimize import minimize
-
     coeffs = np.asarray(hamiltonian.coeffs)
     if np.any(np.abs(coeffs.imag) > 1e-12):
         raise InvalidInput("vqe: the Hamiltonian has complex coefficients, so it is not Hermitian")
+    if not isinstance(restarts, int) or restarts < 1:
+        raise InvalidInput(f"vqe: restarts must be an integer >= 1, got {restarts!r}")
+    with _seeding(device, seed):
+        return _vqe(hamiltonian, device, reps, shots, maxiter, np.random.default_rng(seed), restarts)
+
+
+def _vqe(hamiltonian: Any, device: Any, reps: int, shots: int | None, maxiter: int, rng: np.random.Generator, restarts: int) -> VqeResult:
+    """The VQE loop of ``vqe`` on validated input."""
+    from qiskit.circuit.library import real_amplitudes
+    from scipy.optimize import minimize
+
     ansatz = real_amplitudes(hamiltonian.num_qubits, reps=reps)
     check_shift_rule(ansatz, list(ansatz.parameters))
     program = device.prepare_circuit(ansatz, [hamiltonian], shots=shots)
@@ -305,7 +356,6 @@ def vqe(hamiltonian: Any, device: Any, reps: int = 2, shots: int | None = None, 
         history.append(float(values[0]))
         return float(values[0]), (values[1 : 1 + n] - values[1 + n :]) / 2.0
 
-    rng = np.random.default_rng(seed)
     starts = [rng.uniform(-0.1, 0.1, n)] + [rng.uniform(-math.pi, math.pi, n) for _ in range(restarts - 1)]
     best_energy, best_theta, iterations = math.inf, starts[0], 0
     for start in starts:
@@ -313,4 +363,5 @@ def vqe(hamiltonian: Any, device: Any, reps: int = 2, shots: int | None = None, 
         iterations += int(result.nit)
         if result.fun < best_energy:
             best_energy, best_theta = float(result.fun), np.asarray(result.x)
-    return VqeResult(min(best_energy, min(history)), best_theta, iterations, len(history), history)
+    values, std_errors = program(torch.from_numpy(best_theta[None, :]))
+    return VqeResult(float(values[0, 0]), float(std_errors[0, 0]), best_theta, iterations, len(history) + 1, history)

@@ -3,7 +3,9 @@
 Every figure is read off the backend, never assumed: T1/T2 from ``Target.qubit_properties``, gate error
 and duration from the instruction properties of each qubit tuple, readout from the ``measure``
 instruction. Real and fake backends carry a calibration snapshot, so their figures are
-``measured:calibration <timestamp>``; the ideal simulator reports no error figures at all.
+``measured:calibration <timestamp>``; the ideal simulator reports no error figures at all. The qubit count
+and the job limits are ``measured:`` (what the backend reports), except the ideal simulator's width, which
+qiskit-aer derives from the host's memory; degrees and broken couplers are ``derived:`` (counted).
 """
 
 from __future__ import annotations
@@ -84,7 +86,36 @@ def connectivity(target: Any) -> Connectivity:
         neighbours[a].add(b)
         neighbours[b].add(a)
     degrees = [len(n) for n in neighbours.values()]
-    return Connectivity(all_to_all=False, edges=edges, degree_max=max(degrees, default=0), degree_mean=round(sum(degrees) / max(len(degrees), 1), 4))
+    return Connectivity(
+        all_to_all=False,
+        edges=edges,
+        degree_max=Figure.derived(max(degrees, default=0), "qubits", "largest number of distinct coupling-map neighbours of a qubit"),
+        degree_mean=Figure.derived(round(sum(degrees) / max(len(degrees), 1), 4), "qubits", f"distinct coupling-map neighbours summed over the {len(degrees)} qubits / {len(degrees)}"),
+    )
+
+
+def broken_pairs(target: Any) -> int:
+    """Qubit pairs with a two-qubit gate calibrated with error 1 (a broken coupler), each pair counted once."""
+    pairs: set[frozenset[int]] = set()
+    for name in target.operation_names:
+        if name in NON_GATES or getattr(target.operation_from_name(name), "num_qubits", 0) != 2:
+            continue
+        for qargs, props in (target[name] or {}).items():
+            if qargs is not None and props is not None and props.error is not None and props.error >= 1.0:
+                pairs.add(frozenset(int(q) for q in qargs))
+    return len(pairs)
+
+
+def qubit_count(target: Any, ideal: bool) -> Figure:
+    """The backend's width: reported by a processor's Target, derived from host memory by the ideal simulator."""
+    n = int(target.num_qubits)
+    if ideal:
+        return Figure.derived(n, "qubits", "floor(log2(host memory bytes / 16 B per complex128 amplitude)), qiskit-aer's MAX_QUBITS_STATEVECTOR")
+    return Figure.measured(n, "qubits", "backend Target num_qubits")
+
+
+def _limit(value: int | None, unit: str, how: str) -> Figure | None:
+    return None if value is None else Figure.measured(value, unit, how)
 
 
 def two_qubit_gates(target: Any) -> list[str]:
@@ -99,8 +130,11 @@ def two_qubit_gates(target: Any) -> list[str]:
     return sorted(names)
 
 
-def quantum_section(backend: Any, name: str, max_shots: int | None, max_circuits: int | None, noise_model: bool) -> QuantumSection:
-    """Everything ``hal query`` shows about one backend, read from its Target and calibration snapshot."""
+def quantum_section(backend: Any, name: str, max_shots: int | None, max_circuits: int | None, noise_model: bool, ideal: bool) -> QuantumSection:
+    """Everything ``hal query`` shows about one backend, read from its Target and calibration snapshot.
+
+    ``ideal`` marks the noiseless simulator, whose width is derived from host memory rather than reported hardware.
+    """
     target = backend.target
     stamp = calibration_time(backend)
     source = f"measured:calibration {stamp}" if stamp else "measured:backend target"
@@ -127,7 +161,7 @@ def quantum_section(backend: Any, name: str, max_shots: int | None, max_circuits
             processor = None
     return QuantumSection(
         backend=name,
-        num_qubits=int(target.num_qubits),
+        num_qubits=qubit_count(target, ideal),
         basis_gates=basis,
         two_qubit_gates=two_qubit_gates(target),
         connectivity=connectivity(target),
@@ -141,8 +175,8 @@ def quantum_section(backend: Any, name: str, max_shots: int | None, max_circuits
         gate_duration_2q_s=_spread(dur_2q, "s", source, True, "2-qubit gate durations"),
         readout_error=_spread(readout_err, "probability", source, True, "readout errors"),
         readout_duration_s=_spread(readout_dur, "s", source, True, "readout durations"),
-        unusable_2q_pairs=sum(1 for e in err_2q if e >= 1.0),
-        max_shots=max_shots,
-        max_circuits=max_circuits,
+        unusable_2q_pairs=Figure.derived(broken_pairs(target), "qubit pairs", f"pairs with a 2-qubit gate error >= 1 in {source.split(':', 1)[1]}") if err_2q else None,
+        max_shots=_limit(max_shots, "shots", "backend configuration max_shots"),
+        max_circuits=_limit(max_circuits, "circuits", "backend max_circuits"),
         processor=processor,
     )

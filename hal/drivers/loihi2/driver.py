@@ -40,6 +40,13 @@ from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, Inval
 from hal.kernels.spike_coding import golden_phases, rate_encode
 
 DAVIES_2018 = "Davies et al., 'Loihi: A Neuromorphic Manycore Processor with On-Chip Learning', IEEE Micro 38(1), 2018, Table 2"
+LOIHI_1_NOTE = "a first-generation Loihi (14 nm) figure: Intel has published no per-event figure for Loihi 2 (Intel 4)"
+#: Why the synaptic memory per core is an assumption: Loihi 2 partitions each core's memory flexibly between synapses,
+#: neuron state and routing, so there is no fixed synaptic size to quote.
+SYNAPTIC_MEMORY_CHOICE = (
+    "the share of a neuro core's memory hal gives to synaptic weights; Loihi 2 partitions core memory flexibly between "
+    f"synapses, neuron state and routing ({INTEL_BRIEF}), so no fixed synaptic size is published"
+)
 LAVA_SOURCE = "lava-nc 0.10 lava/proc/lif/models.py and lava/proc/dense/models.py (bit-accurate models)"
 
 
@@ -173,8 +180,8 @@ class Loihi2Device(Device):
         spec, chips = self.spec, self.options["chips"]
         lava_src = f"datasheet:{LAVA_SOURCE}"
         core = NeuroCoreLimits(
-            neurons=Figure.derived(spec.neurons_per_core, "neurons", "neurons_per_chip / neuro_cores_per_chip = 1048576 / 128"),
-            synaptic_memory_bytes=Figure.datasheet(spec.synaptic_memory_per_core_bytes, "B", INTEL_BRIEF),
+            neurons=Figure.derived(spec.neurons_per_core, "neurons", f"neurons_per_chip / neuro_cores_per_chip = {spec.neurons_per_chip} / {spec.neuro_cores_per_chip}"),
+            synaptic_memory_bytes=Figure.assumed(spec.synaptic_memory_per_core_bytes, "B", SYNAPTIC_MEMORY_CHOICE),
             synapses_at_weight_bits=Figure.derived(spec.synapses_per_core, "synapses", f"synaptic_memory_bytes * 8 / {spec.weight_bits}-bit weights"),
         )
         chip = ChipLimits(
@@ -183,10 +190,11 @@ class Loihi2Device(Device):
             synapses=Figure.datasheet(spec.synapses_per_chip, "synapses", INTEL_BRIEF, "with compressed synapse formats; 8-bit dense weights fit fewer (see core)"),
         )
         system = ChipLimits(
-            neuro_cores=Figure.derived(chips * spec.neuro_cores_per_chip, "cores", f"chips * 128 = {chips} * 128"),
-            neurons=Figure.derived(chips * spec.neurons_per_chip, "neurons", f"chips * 1048576 = {chips} * 1048576"),
-            synapses=Figure.derived(chips * spec.synapses_per_chip, "synapses", f"chips * 120e6 = {chips} * 120e6"),
+            neuro_cores=Figure.derived(chips * spec.neuro_cores_per_chip, "cores", f"chips * neuro_cores_per_chip = {chips} * {spec.neuro_cores_per_chip}"),
+            neurons=Figure.derived(chips * spec.neurons_per_chip, "neurons", f"chips * neurons_per_chip = {chips} * {spec.neurons_per_chip}"),
+            synapses=Figure.derived(chips * spec.synapses_per_chip, "synapses", f"chips * synapses_per_chip = {chips} * {spec.synapses_per_chip:.4g}"),
         )
+        chip_count = Figure.assumed(chips, "chips", "the system size the device string declares (?chips=, default 1): hal simulates that many chips")
 
         def bits(n: int, note: str = "") -> Figure:
             return Figure(n, "bits", lava_src, note)
@@ -207,7 +215,7 @@ class Loihi2Device(Device):
             "engine": f"available (torch on {self.torch_device})",
             "lava": f"available ({lava.path})" if lava.ok else f"unavailable: {lava.reason}",
         }
-        section = NeuromorphicSection(chips, "CUBA leaky integrate-and-fire, fixed point (lava PyLifModelBitAcc)", core, chip, system, formats, backends)
+        section = NeuromorphicSection(chip_count, "CUBA leaky integrate-and-fire, fixed point (lava PyLifModelBitAcc)", core, chip, system, formats, backends)
         tolerance = self._linear_error(self.options["steps"])
         return Capabilities(
             uri=str(self.uri),
@@ -237,11 +245,20 @@ class Loihi2Device(Device):
                 ),
             },
             deterministic=True,
-            memory_bytes=Figure.derived(chips * spec.neuro_cores_per_chip * spec.synaptic_memory_per_core_bytes, "B", "chips * 128 cores * 128 KiB synaptic memory"),
-            peak={"synaptic_ops_per_s_per_core": Figure.derived(1.0 / self.events.synaptic_op_s, "op/s", "1 / 3.5 ns per synaptic op (Davies et al. 2018)")},
+            memory_bytes=Figure.derived(
+                chips * spec.neuro_cores_per_chip * spec.synaptic_memory_per_core_bytes, "B",
+                f"chips * neuro_cores_per_chip * synaptic_memory_bytes = {chips} * {spec.neuro_cores_per_chip} * {spec.synaptic_memory_per_core_bytes}",
+                "synaptic memory only, at hal's assumed share of each core's memory",
+            ),
+            peak={
+                "synaptic_ops_per_s_per_core": Figure.derived(
+                    1.0 / self.events.synaptic_op_s, "op/s", f"1 / time per synaptic op = 1 / {self.events.synaptic_op_s:.3g} s ({DAVIES_2018})",
+                    LOIHI_1_NOTE,
+                ),
+            },
             energy={
-                "j_per_synaptic_op": Figure.paper(self.events.synaptic_op_j, "J", DAVIES_2018, "Loihi (14 nm); Loihi 2 per-op energy is not published"),
-                "j_per_neuron_update": Figure.paper(self.events.neuron_update_j, "J", DAVIES_2018, "active neuron update, Loihi (14 nm)"),
+                "j_per_synaptic_op": Figure.paper(self.events.synaptic_op_j, "J", DAVIES_2018, LOIHI_1_NOTE),
+                "j_per_neuron_update": Figure.paper(self.events.neuron_update_j, "J", DAVIES_2018, "active neuron update; " + LOIHI_1_NOTE),
             },
             sections={"neuromorphic": section},
             notes=[
@@ -278,33 +295,47 @@ class Loihi2Device(Device):
     def _mapping(self, shapes: list[LayerShape]) -> Mapping:
         return map_layers(shapes, self.spec, self.options["chips"])
 
+    def _validate(self, op: OpSpec) -> None:
+        """Raise ShapeError / InvalidInput for malformed lif_layer operands, CapacityExceeded for a layer too large."""
+        if op.name == "lif_layer":
+            _, _, n_in, n_out = self._lif_shapes(op)
+            self._mapping([LayerShape(n_out, n_in)])
+        elif op.name == "linear":
+            weight = op.param("weight")
+            if weight is not None:
+                self._mapping([LayerShape(weight.shape[0], 2 * weight.shape[1])])
+
     def _check(self, op: OpSpec) -> Support | None:
+        if op.name == "linear" and op.attr("activation") != "relu":
+            return Support.no(
+                f"{self.uri} computes linear only with activation='relu': a spiking layer's output is a spike rate, which "
+                "cannot be negative. Use activation='relu', or run the plain linear on a digital device"
+            )
         try:
-            if op.name == "lif_layer":
-                _, _, n_in, n_out = self._lif_shapes(op)
-                self._mapping([LayerShape(n_out, n_in)])
-            elif op.name == "linear":
-                if op.attr("activation") != "relu":
-                    return Support.no(
-                        f"{self.uri} computes linear only with activation='relu': a spiking layer's output is a spike rate, which "
-                        "cannot be negative. Use activation='relu', or run the plain linear on a digital device"
-                    )
-                weight = op.param("weight")
-                if weight is not None:
-                    self._mapping([LayerShape(weight.shape[0], 2 * weight.shape[1])])
+            self._validate(op)
         except (ShapeError, InvalidInput, CapacityExceeded) as exc:
             return Support.no(str(exc))
         return None
 
+    def prepare(self, op: OpSpec, params: dict[str, torch.Tensor | None] | None = None) -> Program:
+        """Map and program ``op``. A layer that does not fit raises CapacityExceeded with the cores or synapses needed
+        and available (as ``estimate()`` does), bad operands ShapeError / InvalidInput, before the generic support check."""
+        self._ensure_open()
+        given = {k: v for k, v in (params or {}).items() if isinstance(v, torch.Tensor)}
+        self._validate(op if op.params or not given else OpSpec(op.name, op.inputs, given, dict(op.attrs)))
+        return super().prepare(op, params)
+
     # ---- estimates
     def _event_cost(self, synaptic_ops: float, neuron_updates: float, mapping: Mapping, how: str) -> tuple[float, float, str]:
         """(latency_s, energy_j, formula) of a run with these event counts on this mapping."""
-        energy = synaptic_ops * self.events.synaptic_op_j + neuron_updates * self.events.neuron_update_j
-        latency = synaptic_ops / mapping.cores * self.events.synaptic_op_s
+        events = self.events
+        energy = synaptic_ops * events.synaptic_op_j + neuron_updates * events.neuron_update_j
+        latency = synaptic_ops / mapping.cores * events.synaptic_op_s
         formula = (
-            f"energy = synaptic_ops ({how}: {synaptic_ops:.4g}) * 23.6 pJ + neuron_updates ({neuron_updates:.4g}) * 52 pJ "
-            f"(Davies et al. 2018); latency = synaptic_ops / {mapping.cores} core(s) * 3.5 ns (cores in parallel, each serial; "
-            "samples one after another; neuron-update time not included)"
+            f"energy = synaptic_ops ({how}: {synaptic_ops:.4g}) * {events.synaptic_op_j * 1e12:.3g} pJ + neuron_updates ({neuron_updates:.4g}) "
+            f"* {events.neuron_update_j * 1e12:.3g} pJ; latency = synaptic_ops / {mapping.cores} core(s) * {events.synaptic_op_s * 1e9:.3g} ns "
+            "(cores in parallel, each serial; samples one after another; neuron-update time not included); "
+            "per-event figures of Loihi 1 (Davies et al. 2018), none being published for Loihi 2"
         )
         return latency, energy, formula
 

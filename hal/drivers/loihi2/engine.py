@@ -424,7 +424,7 @@ class LifNetwork:
         for start in range(0, steps, chunk_steps):
             block = source[start : start + chunk_steps]
             tc = block.shape[0]
-            for li, (layer, syn) in enumerate(zip(self.layers, self._synapses)):
+            for li, syn in enumerate(self._synapses):
                 events[li] += (block != 0).sum(dim=(0, 1))
                 peak_in = max_in if li == 0 else 1
                 arriving, act_bound = syn.synaptic_input(block.reshape(tc * batch, -1), peak_in)

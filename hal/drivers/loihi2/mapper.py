@@ -24,8 +24,9 @@ class Loihi2Spec:
     """Per-chip and per-core resources of Intel Loihi 2.
 
     Source: Intel Labs' Loihi 2 technology brief (2021): 128 neuro cores per chip, up to 1,048,576 neurons and
-    120 million synapses per chip, 128 KB of synaptic memory per core (flexibly partitioned), 8-bit weights
-    (lava's ``num_weight_bits`` default). Neurons per core is derived: neurons_per_chip / neuro_cores_per_chip.
+    120 million synapses per chip, 8-bit weights (lava's ``num_weight_bits`` default). The 128 KiB of synaptic
+    memory per core is hal's assumption: Loihi 2 partitions a core's memory flexibly between synapses, neuron
+    state and routing. Neurons per core is derived: neurons_per_chip / neuro_cores_per_chip.
     """
 
     neuro_cores_per_chip: int = 128

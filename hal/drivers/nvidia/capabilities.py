@@ -10,6 +10,7 @@ from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.capability.gpu import GpuInterconnect, GpuSection
 from hal.drivers.nvidia.architectures import TRANSFERS_PER_MEMORY_CLOCK, Architecture, architecture_for, product_sheet
 from hal.drivers.nvidia.detect import DetectedGpu, Detection
+from hal.drivers.nvidia.nvml import NvmlGpu
 
 KIB = 1024
 
@@ -65,6 +66,21 @@ def datasheet_figures(name: str) -> dict[str, Figure]:
     return figures
 
 
+def _nvml_figure(value: int | None, unit: str, function: str) -> Figure | None:
+    return None if value is None else Figure.measured(value, unit, f"NVML {function}")
+
+
+def interconnect(info: NvmlGpu | None) -> GpuInterconnect:
+    """PCIe link and active NVLink links as NVML reports them (None: not reported)."""
+    if info is None:
+        return GpuInterconnect()
+    return GpuInterconnect(
+        pcie_generation=_nvml_figure(info.pcie_generation, "generation", "nvmlDeviceGetCurrPcieLinkGeneration"),
+        pcie_lanes=_nvml_figure(info.pcie_lanes, "lanes", "nvmlDeviceGetCurrPcieLinkWidth"),
+        nvlink_active_links=_nvml_figure(info.nvlink_active_links, "links", "nvmlDeviceGetNvLinkState over NVML_NVLINK_MAX_LINKS links, counted enabled"),
+    )
+
+
 def gpu_section(gpu: DetectedGpu, detection: Detection, arch: Architecture | None) -> GpuSection:
     """The ``sections["gpu"]`` of a detected GPU."""
     cuda, info = gpu.cuda, gpu.nvml
@@ -96,22 +112,23 @@ def gpu_section(gpu: DetectedGpu, detection: Detection, arch: Architecture | Non
         serial=info.serial if info else None,
         driver_version=detection.driver_version,
         cuda_driver_version=detection.cuda_driver_version,
-        sm_count=cuda.sm_count,
+        sm_count=Figure.measured(cuda.sm_count, "SMs", attr + "MULTIPROCESSOR_COUNT"),
         tensor_core_dtypes=arch.tensor_core_dtypes if arch else (),
         features=features,
         architecture_source=arch.source if arch else "",
         resources=resources,
         clocks=clocks(gpu),
         architecture_limits=limits,
-        interconnect=GpuInterconnect(info.pcie_generation, info.pcie_lanes, info.nvlink_active_links) if info else GpuInterconnect(),
+        interconnect=interconnect(info),
         power_limit_w=power,
         datasheet=datasheet_figures(gpu.name),
         unread=unread,
     )
 
 
-def build_capabilities(uri: str, gpu: DetectedGpu, detection: Detection, ops: dict[str, OpSupport], notes: list[str]) -> Capabilities:
-    """Everything ``hal query`` shows about ``gpu``; ``ops`` and ``notes`` come from the driver (they depend on options)."""
+def build_capabilities(uri: str, kind: str, gpu: DetectedGpu, detection: Detection, ops: dict[str, OpSupport], notes: list[str]) -> Capabilities:
+    """Everything ``hal query`` shows about ``gpu`` opened as ``kind`` (its family's, or ``cuda`` for any GPU);
+    ``ops`` and ``notes`` come from the driver (they depend on options)."""
     arch = architecture_for(gpu.cuda.cc_major)
     section = gpu_section(gpu, detection, arch)
     peaks = peak_rates(gpu, arch)
@@ -129,7 +146,7 @@ def build_capabilities(uri: str, gpu: DetectedGpu, detection: Detection, ops: di
         all_notes.append(f"{what} not read: {why}")
     return Capabilities(
         uri=uri,
-        kind=gpu.kind,
+        kind=kind,
         paradigm=Paradigm.DIGITAL,
         simulated=False,
         identity={
@@ -137,6 +154,7 @@ def build_capabilities(uri: str, gpu: DetectedGpu, detection: Detection, ops: di
             "uuid": section.uuid,
             "compute_capability": section.compute_capability,
             "cuda_ordinal": str(gpu.ordinal),
+            "listed_as": gpu.uri,
             "driver": detection.driver_version,
             "cuda_driver": detection.cuda_driver_version,
         },

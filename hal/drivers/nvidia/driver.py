@@ -1,8 +1,12 @@
 """HopperDevice, BlackwellDevice, CudaDevice: NVIDIA GPUs found through NVML + the CUDA driver, computing through torch.
 
-``hopper:N`` / ``blackwell:N`` / ``cuda:N`` is CUDA device N (``torch.device("cuda", N)``); which kind a GPU is
-comes from its compute capability (``architectures.kind_for``), so opening an H100 as ``blackwell:0`` is refused
-with the right name. Options:
+``hopper:N`` / ``blackwell:N`` / ``cuda:N`` is CUDA device N (``torch.device("cuda", N)``, numbered as the CUDA
+driver numbers the GPUs that ``CUDA_VISIBLE_DEVICES`` leaves visible). Which family a GPU belongs to comes from its
+compute capability (``architectures.kind_for``): ``hopper:N`` and ``blackwell:N`` open only their family (an H100
+opened as ``blackwell:0`` is refused with the right name), while ``cuda:N`` opens any NVIDIA GPU, with the same
+capabilities, Programs and kernels as its family's device (``cuda:0`` on an H100 is ``hopper:0`` under another
+name). The ``cuda`` probe lists every GPU (what it lists is what opens); a Hopper or Blackwell GPU's entry carries
+``summary["alias_of"] = "hopper:N"`` so that a planner or a listing counts one GPU once. Options:
 
 - ``?matmul_precision=native|tf32|bf16|fp16|fp8`` (default native): the tensor-core policy of matmul, linear and
   conv2d (see ``matmul.py``); results keep the inputs' dtype.
@@ -31,7 +35,7 @@ from hal import ops as vocabulary
 from hal.capability import Capabilities, OpSupport, Paradigm
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, choice, dtype_name
 from hal.drivers.nvidia import matmul
-from hal.drivers.nvidia.architectures import BY_MAJOR, architecture_for
+from hal.drivers.nvidia.architectures import BY_MAJOR, GENERIC_KIND, architecture_for
 from hal.drivers.nvidia.capabilities import build_capabilities
 from hal.drivers.nvidia.detect import DetectedGpu, Detection, current_backends, detect
 from hal.drivers.nvidia.nvml import NvmlQueryError, NvmlSession, NvmlUnavailable
@@ -112,8 +116,12 @@ class NvidiaDevice(Device):
         if gpu is None:
             reason = self.detection.reason or f"there is no CUDA device {self.index} (this machine has {len(self.detection.gpus)})"
             raise DeviceUnavailable(here, reason, self.detection.fix or "run `hal devices` to list the GPUs")
-        if gpu.kind != self.kind:
-            raise DeviceUnavailable(here, f"CUDA device {self.index} is {gpu.name} (compute capability {gpu.cuda.cc_major}.{gpu.cuda.cc_minor}), which hal runs as {gpu.kind}:{self.index}", f"open it as {gpu.kind}:{self.index}")
+        if self.kind not in (gpu.kind, GENERIC_KIND):
+            raise DeviceUnavailable(
+                here,
+                f"CUDA device {self.index} is {gpu.name} (compute capability {gpu.cuda.cc_major}.{gpu.cuda.cc_minor}), which hal runs as {gpu.kind}:{self.index}",
+                f"open it as {gpu.kind}:{self.index} (or {GENERIC_KIND}:{self.index}, which opens any NVIDIA GPU)",
+            )
         if gpu.problem:
             raise DeviceUnavailable(here, gpu.problem, gpu.fix)
         self.gpu: DetectedGpu = gpu
@@ -128,11 +136,16 @@ class NvidiaDevice(Device):
     @classmethod
     def probe(cls) -> list[DeviceInfo]:
         detection = detect()
-        mine = detection.of_kind(cls.kind)
+        mine = cls._opens(detection)
         if not mine:
             reason, fix = cls._absent(detection)
             return [DeviceInfo(uri=f"{cls.kind}:0", kind=cls.kind, available=False, reason=reason, fix=fix, paradigm=Paradigm.DIGITAL.value)]
         return [cls._info(gpu) for gpu in mine]
+
+    @classmethod
+    def _opens(cls, detection: Detection) -> list[DetectedGpu]:
+        """The GPUs this kind opens: its family's, or every GPU for ``cuda``."""
+        return list(detection.gpus) if cls.kind == GENERIC_KIND else detection.of_kind(cls.kind)
 
     @classmethod
     def _absent(cls, detection: Detection) -> tuple[str, str]:
@@ -154,7 +167,10 @@ class NvidiaDevice(Device):
         if rate and gpu.nvml and gpu.nvml.max_sm_clock_mhz:
             summary["peak_flop_per_s"] = gpu.cuda.sm_count * gpu.nvml.max_sm_clock_mhz * 1e6 * rate
             summary["peak_dtype"] = "bfloat16"
-        return DeviceInfo(uri=gpu.uri, kind=gpu.kind, available=not gpu.problem, reason=gpu.problem, fix=gpu.fix, paradigm=Paradigm.DIGITAL.value, summary=summary)
+        if gpu.kind != cls.kind:
+            summary["alias_of"] = gpu.uri  # the same GPU under its family's name: count it once
+        uri = f"{cls.kind}:{gpu.ordinal}"
+        return DeviceInfo(uri=uri, kind=cls.kind, available=not gpu.problem, reason=gpu.problem, fix=gpu.fix, paradigm=Paradigm.DIGITAL.value, summary=summary)
 
     @classmethod
     def diagnose(cls) -> list[Check]:
@@ -164,10 +180,11 @@ class NvidiaDevice(Device):
             return [Check("NVIDIA GPUs", False, detection.reason, detection.fix)]
         checks = [Check("NVIDIA driver", True, f"driver {detection.driver_version} (CUDA {detection.cuda_driver_version}); {len(detection.gpus)} GPU(s) through NVML and the CUDA driver API")]
         checks += [Check(f"NVML GPU {index}", False, reason, "check `nvidia-smi -q` and `dmesg | grep -i xid`") for index, reason in detection.nvml_errors.items()]
-        mine = detection.of_kind(cls.kind)
+        mine = cls._opens(detection)
         for gpu in mine:
             detail = gpu.problem or f"{gpu.name}, compute capability {gpu.cuda.cc_major}.{gpu.cuda.cc_minor}, {gpu.cuda.sm_count} SMs"
-            checks.append(Check(gpu.uri, not gpu.problem, detail, gpu.fix))
+            detail += f" (the same GPU as {gpu.uri})" if gpu.kind != cls.kind else ""
+            checks.append(Check(f"{cls.kind}:{gpu.ordinal}", not gpu.problem, detail, gpu.fix))
         if not mine:
             reason, fix = cls._absent(detection)
             checks.append(Check(f"{cls.kind} GPUs", False, reason, fix))
@@ -179,7 +196,7 @@ class NvidiaDevice(Device):
             "Inputs on the host are copied to the GPU on every call; results stay on the GPU.",
             "NaN/inf propagate as IEEE arithmetic does (like torch); they are not refused.",
         ]
-        return build_capabilities(str(self.uri), self.gpu, self.detection, declared_ops(self.precision, self.options["attention"]), notes)
+        return build_capabilities(str(self.uri), self.kind, self.gpu, self.detection, declared_ops(self.precision, self.options["attention"]), notes)
 
     def _check(self, op: OpSpec) -> Support | None:
         memory = self.capabilities.memory_bytes
@@ -230,7 +247,10 @@ class NvidiaDevice(Device):
             fn, path = self._attention(op, attrs)
         else:
             torch_op = TORCH_OPS[op.name]
-            fn = lambda *inputs: torch_op(inputs, params, attrs)
+
+            def fn(*inputs: torch.Tensor) -> torch.Tensor:
+                return torch_op(inputs, params, attrs)
+
         return GpuProgram(op, self, self.estimate(op), self._guarded(op, fn), path)
 
     def _attention(self, op: OpSpec, attrs: dict[str, Any]) -> tuple[Callable[..., torch.Tensor], str]:
@@ -330,7 +350,9 @@ class BlackwellDevice(NvidiaDevice):
 
 
 class CudaDevice(NvidiaDevice):
-    """Any other NVIDIA GPU (Ampere, Ada, ...), run through torch CUDA with generic capabilities."""
+    """Any NVIDIA GPU by CUDA ordinal. A Hopper or Blackwell GPU gets its family's capabilities and kernels (the same
+    device as ``hopper:N`` / ``blackwell:N`` under another name, listed with ``summary["alias_of"]``); any other
+    (Ampere, Ada, ...) generic ones."""
 
-    kind = "cuda"
+    kind = GENERIC_KIND
     family = "NVIDIA GPU outside the Hopper/Blackwell families"

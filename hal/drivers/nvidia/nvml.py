@@ -8,9 +8,9 @@ substitute a simulated NVML (``tests/drivers/nvidia_fakes.py``). Everything NVML
 - no libnvidia-ml.so (NVMLError_LibraryNotFound) -> "NVML library not found (no NVIDIA driver installed)"
 - the kernel module not loaded (NVMLError_DriverNotLoaded) -> "NVIDIA driver is installed but not loaded"
 
-Facts a GPU must report (name, UUID, memory, PCI address, compute capability) raise ``NvmlQueryError`` when NVML
-fails on them; optional ones (serial, power limit, PCIe link, NVLink, clocks) are None with the reason kept in
-``NvmlGpu.unread``.
+Facts a GPU must report (name, UUID, memory size, PCI address) raise ``NvmlQueryError`` when NVML fails on them;
+optional ones (serial, power limit, PCIe link, NVLink, clocks) are None with the reason kept in ``NvmlGpu.unread``.
+What the CUDA driver reports better (compute capability, memory bus width) is read there (``cuda_attrs.py``).
 """
 
 from __future__ import annotations
@@ -58,12 +58,9 @@ class NvmlGpu:
     uuid: str
     pci_address: tuple[int, int, int]
     memory_total_bytes: int
-    memory_free_bytes: int
-    compute_capability: tuple[int, int]
     serial: str | None = None
     max_sm_clock_mhz: int | None = None
     max_memory_clock_mhz: int | None = None
-    memory_bus_width_bits: int | None = None
     power_limit_w: float | None = None
     pcie_generation: int | None = None
     pcie_lanes: int | None = None
@@ -162,12 +159,9 @@ class NvmlSession:
             uuid=_text(self._required(index, "UUID", nvml.nvmlDeviceGetUUID, handle)),
             pci_address=(int(pci.domain), int(pci.bus), int(pci.device)),
             memory_total_bytes=int(memory.total),
-            memory_free_bytes=int(memory.free),
-            compute_capability=tuple(int(v) for v in self._required(index, "compute capability", nvml.nvmlDeviceGetCudaComputeCapability, handle)),
             serial=_text(serial) if serial else None,
             max_sm_clock_mhz=self._optional(unread, "max SM clock", nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_SM),
             max_memory_clock_mhz=self._optional(unread, "max memory clock", nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_MEM),
-            memory_bus_width_bits=self._optional(unread, "memory bus width", nvml.nvmlDeviceGetMemoryBusWidth, handle),
             power_limit_w=power_mw / 1000 if power_mw is not None else None,
             pcie_generation=self._optional(unread, "PCIe generation", nvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
             pcie_lanes=self._optional(unread, "PCIe width", nvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
