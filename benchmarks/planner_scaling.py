@@ -157,7 +157,7 @@ def planning() -> tuple[list[dict], dict]:
 
 
 def capture_times() -> list[dict]:
-    capture(nn.Sequential(nn.Linear(4, 4)), (torch.randn(1, 4),))  # warm-up: fx and ShapeProp imports and caches
+    capture(nn.Sequential(nn.Linear(4, 4)), (torch.randn(1, 4),))  # warm-up: fx imports and caches
     out = []
     for n in (100, 1_000):
         layers = []

@@ -6,10 +6,11 @@
     out = plan.run(x)                    # chained across devices
     out, report = plan.run(x, profile=True)
 
-Modules: ``capture`` (torch.fx -> graph of OpSpecs), ``placement`` (dynamic programming over the
-topological order), ``costs`` (host, links, conversions), ``convert`` (tensor <-> spikes, optical
-amplitudes, qubit angles), ``executor`` (chained Programs, overlap, fallback), ``explain`` (table, JSON,
-PNG), ``command`` (the ``hal plan`` CLI entry).
+Modules: ``capture`` (torch.fx -> graph of OpSpecs), ``inplace`` (in-place writes and their order),
+``placement`` (dynamic programming over the topological order), ``capacity`` (what a device holds resident),
+``costs`` (host, links, conversions), ``convert`` (tensor <-> spikes, optical amplitudes, qubit angles),
+``executor`` (chained Programs, overlap, fallback), ``explain`` (table, JSON, PNG), ``command`` (the
+``hal plan`` CLI entry). A Plan may be run from several threads at once.
 """
 
 from hal.runtime.capture import Graph, Node, UntraceableModel, capture

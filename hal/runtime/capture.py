@@ -10,7 +10,17 @@ Each fx node becomes a ``Node``:
 
 ``linear`` followed by a ``relu`` that is its only user is fused into ``linear(activation="relu")``,
 the form spiking and analog layers compute natively. Shapes and dtypes come from running the
-example inputs through the traced graph (``ShapeProp``).
+traced graph once on copies of the example inputs (``graph_of``): the caller's tensors are never written.
+
+In-place steps (``x.mul_(2)``, ``nn.ReLU(inplace=True)``) follow ``hal.runtime.inplace``: done out of place
+when no later step could tell, else kept as host steps that write in place, ordered against the other
+readers and writers of that storage.
+
+Tracing patches ``torch.nn.Module.__call__`` and ``__getattr__`` process-wide for its duration (that is how
+torch.fx works). ``trace`` therefore runs one trace at a time (a lock), and its tracer hands calls from other
+threads straight to the real module, so a plan running in another thread, or the user's own eager code, is
+unaffected while a model is being traced. A traced module is kept on its Graph: re-planning for a new batch
+size re-runs ``graph_of`` on it and never traces again.
 
 A model torch.fx cannot trace (control flow on tensor values, data-dependent shapes) is refused
 with ``UntraceableModel``, which names the innermost module being traced and suggests pinning it,
@@ -20,6 +30,7 @@ which makes that module one opaque host node (``capture(..., leaf_modules=[name]
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +38,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from hal import ops as vocabulary
 from hal.device import OpSpec, TensorSpec
 from hal.errors import HalError, InvalidInput, ShapeError
 from hal.kernels.selective_scan import selective_scan_reference
 from hal.kernels.torch_ops import attention as attention_kernel
+from hal.runtime.inplace import Aliases, order_writes, referenced, written_operand
 
 
 class UntraceableModel(InvalidInput):
@@ -51,6 +62,8 @@ class Node:
     ``op`` is the vocabulary OpSpec (None for a host-only step); ``inputs`` name the values it consumes,
     in the op's operand order; ``params`` are its bound weights; ``host_fn(*input_values)`` computes it
     on the host when ``op`` is None. ``source`` says what it came from, ``fused`` which nodes were folded in.
+    ``writes`` names the value a host step writes in place; ``after`` the steps it must wait for beyond its
+    inputs (``hal.runtime.inplace.order_writes``).
     """
 
     name: str
@@ -63,6 +76,7 @@ class Node:
     fused: tuple[str, ...] = ()
     host_op: str = ""
     after: tuple[str, ...] = ()
+    writes: str | None = None
 
     @property
     def label(self) -> str:
@@ -76,7 +90,11 @@ class Node:
 
 @dataclass
 class Graph:
-    """A captured model: named inputs, constants, nodes in topological order, and how outputs are built."""
+    """A captured model: named inputs, constants, nodes in topological order, and how outputs are built.
+
+    ``traced`` is the fx module it was built from (None for a hand-built graph); ``graph_of(traced, inputs)``
+    builds the graph of the same model for other input shapes.
+    """
 
     inputs: list[str]
     input_specs: list[TensorSpec]
@@ -86,6 +104,7 @@ class Graph:
     build_output: Callable[[list[Any]], Any]
     notes: list[str] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
+    traced: fx.GraphModule | None = None
 
     def specs(self) -> dict[str, TensorSpec | None]:
         """Shape/dtype of every value (graph inputs, constants, node outputs); None where it is not a tensor."""
@@ -101,19 +120,40 @@ class Graph:
 # --------------------------------------------------------------------------- tracing
 
 
+#: One fx trace at a time: each trace patches torch.nn.Module process-wide and restores what it found, so two
+#: overlapping traces would restore each other's patches and leave them installed.
+_TRACING = threading.Lock()
+
+
 class _Tracer(fx.Tracer):
-    """fx tracer that keeps vocabulary kernels whole, honours extra leaf modules and remembers where it failed."""
+    """fx tracer that keeps vocabulary kernels whole, honours extra leaf modules and remembers where it failed.
+
+    Buffers are traced as graph values like parameters (``proxy_buffer_attributes``): otherwise fx hands the
+    forward the real buffer, and an in-place write to it (``self.count.add_(1)``) would run once, at trace time,
+    instead of being recorded. Calls reaching the tracer from a thread other than the tracing one (through the
+    process-wide patches) run the real module and attribute, untouched.
+    """
+
+    proxy_buffer_attributes = True
 
     def __init__(self, leaf_modules: Iterable[str]):
         super().__init__(autowrap_functions=(selective_scan_reference, attention_kernel))
         self.leaves = set(leaf_modules)
         self.stack: list[str] = []
         self.failed_in: str | None = None
+        self.owner = threading.get_ident()
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
 
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if threading.get_ident() != self.owner:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
     def call_module(self, m: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        if threading.get_ident() != self.owner:
+            return forward(*args, **kwargs)
         name = self.path_of_module(m)
         self.stack.append(name)
         try:
@@ -130,9 +170,10 @@ def trace(model: torch.nn.Module, leaf_modules: Iterable[str] = ()) -> fx.GraphM
     """Symbolically trace ``model``; UntraceableModel names the failing module and suggests a pin."""
     if not isinstance(model, torch.nn.Module):
         raise InvalidInput(f"plan() takes a torch.nn.Module, got {type(model).__name__}")
-    tracer = _Tracer(leaf_modules)
     try:
-        graph = tracer.trace(model)
+        with _TRACING:
+            tracer = _Tracer(leaf_modules)
+            graph = tracer.trace(model)
     except HalError:
         raise
     except Exception as exc:
@@ -157,11 +198,39 @@ def _fetch(module: torch.nn.Module, target: str) -> Any:
     return value
 
 
-def _spec(node: fx.Node) -> TensorSpec | None:
-    meta = node.meta.get("tensor_meta")
-    if isinstance(meta, TensorMetadata):
-        return TensorSpec(tuple(meta.shape), meta.dtype)
-    return None
+class _Shapes(fx.Interpreter):
+    """Runs a traced module once and keeps each node's TensorSpec (None where the value is not a tensor).
+
+    Constants named in ``copied`` are read as copies (an in-place step may write them); nothing is written
+    onto the shared fx graph, so several threads may run this on one traced module at once.
+    """
+
+    def __init__(self, module: fx.GraphModule, copied: set[str]):
+        super().__init__(module)
+        self.specs: dict[fx.Node, TensorSpec | None] = {}
+        self.copied = copied
+        self.copies: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.specs[n] = TensorSpec(tuple(result.shape), result.dtype) if isinstance(result, torch.Tensor) else None
+        return result
+
+    def get_attr(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        value = super().get_attr(target, args, kwargs)
+        if target not in self.copied or not isinstance(value, torch.Tensor):
+            return value
+        if target not in self.copies:
+            self.copies[target] = value.detach().clone()
+        return self.copies[target]
+
+
+def _shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor], copied: set[str]) -> dict[fx.Node, TensorSpec | None]:
+    """Every node's TensorSpec from one run on copies of ``example_inputs`` (and of the ``copied`` constants)."""
+    shapes = _Shapes(gm, copied)
+    with torch.no_grad():
+        shapes.run(*(t.detach().clone() for t in example_inputs))
+    return shapes.specs
 
 
 # --------------------------------------------------------------------------- mapping onto the vocabulary
@@ -208,18 +277,22 @@ def _map_module(m: torch.nn.Module, node: fx.Node) -> _Mapped | None:
     return None
 
 
-_UNARY_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.silu: "silu"}
+_UNARY_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.silu: "silu"}
 _BINARY_FUNCTIONS = {
     operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
     operator.matmul: "matmul", torch.matmul: "matmul",
 }
-_METHODS = {"relu": "relu", "add": "add", "mul": "mul", "matmul": "matmul", "__add__": "add", "__mul__": "mul"}
+#: Methods with a vocabulary op; the in-place forms map to it only where ``Aliases.observable`` allows.
+_METHODS = {"relu": "relu", "add": "add", "mul": "mul", "matmul": "matmul", "__add__": "add", "__mul__": "mul", "relu_": "relu", "add_": "add", "mul_": "mul"}
 
 
 def _map_function(gm: fx.GraphModule, node: fx.Node, constant: Callable[[Any], torch.Tensor | None]) -> _Mapped | None:
     target = node.target
     args = node.args
-    is_value = lambda a: isinstance(a, fx.Node) and constant(a) is None
+
+    def is_value(a: Any) -> bool:
+        return isinstance(a, fx.Node) and constant(a) is None
+
     if node.op == "call_method":
         name = _METHODS.get(target)
         if target == "softmax":
@@ -233,7 +306,7 @@ def _map_function(gm: fx.GraphModule, node: fx.Node, constant: Callable[[Any], t
         if len(operands) == (1 if name == "relu" else 2) and all(isinstance(a, fx.Node) for a in operands):
             return _Mapped(name, operands, {}, {})
         return None
-    if target in _UNARY_FUNCTIONS and len(args) == 1 and not node.kwargs.get("inplace"):
+    if target in _UNARY_FUNCTIONS and len(args) == 1 and set(node.kwargs) <= {"inplace"}:
         return _Mapped(_UNARY_FUNCTIONS[target], [args[0]], {}, {}) if isinstance(args[0], fx.Node) else None
     if target in _BINARY_FUNCTIONS and len(args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in args):
         return _Mapped(_BINARY_FUNCTIONS[target], list(args), {}, {})
@@ -314,86 +387,93 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     return text + (" (inplace=True)" if node.kwargs.get("inplace") else "")
 
 
-def _referenced(*structures: Any) -> list[fx.Node]:
-    """The fx nodes referenced anywhere in nested args, each once, in order of first appearance."""
-    found: dict[fx.Node, None] = {}
-    fx.node.map_arg(structures, lambda r: found.setdefault(r))
-    return list(found)
-
-
 def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf_modules: Iterable[str] = ()) -> Graph:
-    """Trace ``model`` on ``example_inputs`` into a Graph of vocabulary and host nodes (linear+relu fused)."""
-    gm = trace(model, leaf_modules)
+    """Trace ``model`` and build its Graph for ``example_inputs`` (``trace``, then ``graph_of``)."""
+    return graph_of(trace(model, leaf_modules), example_inputs)
+
+
+def graph_of(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Graph:
+    """The Graph of a traced model for ``example_inputs``: vocabulary and host nodes with their shapes, in-place
+    writes ordered, linear+relu fused. Neither the inputs nor the model's tensors are written."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(example_inputs):
         raise ShapeError(f"the model's forward takes {len(placeholders)} input(s) ({', '.join(p.name for p in placeholders)}) but {len(example_inputs)} example input(s) were given")
     for i, t in enumerate(example_inputs):
         if not isinstance(t, torch.Tensor):
             raise InvalidInput(f"example input {i} must be a torch.Tensor, got {type(t).__name__}")
-    with torch.no_grad():
-        ShapeProp(gm).propagate(*example_inputs)
 
-    constants: dict[str, torch.Tensor] = {}
     literal: dict[fx.Node, Any] = {}
-    names: dict[fx.Node, str] = {}
-    nodes: list[Node] = []
-    notes: list[str] = []
-    module_uses: dict[str, int] = {}
     for n in gm.graph.nodes:
-        if n.op == "call_module":
-            module_uses[n.target] = module_uses.get(n.target, 0) + 1
+        if n.op == "get_attr":
+            value = _fetch(gm, n.target)
+            literal[n] = value.detach() if isinstance(value, torch.Tensor) else value
 
     def constant(ref: Any) -> torch.Tensor | None:
         value = literal.get(ref)
         return value if isinstance(value, torch.Tensor) else None
 
+    mapped: dict[fx.Node, _Mapped | None] = {}
+    written: dict[fx.Node, fx.Node | None] = {}
+    module_uses: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            module_uses[n.target] = module_uses.get(n.target, 0) + 1
+            mapped[n] = _map_module(gm.get_submodule(n.target), n)
+        elif n.op in ("call_function", "call_method"):
+            mapped[n] = _map_function(gm, n, constant)
+        else:
+            continue
+        written[n] = written_operand(gm, n)
+    aliases = Aliases(gm, literal, lambda n: mapped.get(n) is not None and written.get(n) is None)
+    specs = _shapes(gm, example_inputs, aliases.constants_in(w for w in written.values() if w is not None))
+
+    constants: dict[str, torch.Tensor] = {}
+    names: dict[fx.Node, str] = {}
+    nodes: list[Node] = []
     output_node: fx.Node | None = None
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             names[n] = n.name
             continue
         if n.op == "get_attr":
-            value = _fetch(gm, n.target)
-            literal[n] = value.detach() if isinstance(value, torch.Tensor) else value
             names[n] = n.target
-            if isinstance(value, torch.Tensor):
-                constants[n.target] = value.detach()
+            if isinstance(literal[n], torch.Tensor):
+                constants[n.target] = literal[n]
             continue
         if n.op == "output":
             output_node = n
             continue
         name = n.target if n.op == "call_module" and module_uses[n.target] == 1 else n.name
         names[n] = name
-        out = _spec(n)
-        mapped = None
-        if n.op == "call_module":
-            mapped = _map_module(gm.get_submodule(n.target), n)
-        elif n.op in ("call_function", "call_method"):
-            mapped = _map_function(gm, n, constant)
+        out = specs.get(n)
+        target = written[n]
+        reading = mapped[n]
+        if target is not None and aliases.observable(n, target):
+            reading = None  # done out of place, a later step would read stale values: keep the write, on the host
         op = None
-        if mapped is not None and out is not None and all(_spec(a) is not None for a in mapped.operands):
+        if reading is not None and out is not None and all(specs.get(a) is not None for a in reading.operands):
             try:
-                op = OpSpec(mapped.name, [_spec(a) for a in mapped.operands], mapped.params, mapped.attrs)
+                op = OpSpec(reading.name, [specs[a] for a in reading.operands], reading.params, reading.attrs)
                 vocabulary.check(op)
             except HalError:
                 op = None
         if op is not None:
-            params = {k: v.detach() for k, v in mapped.params.items() if v is not None}
-            nodes.append(Node(name, op, tuple(names[a] for a in mapped.operands), params, out, _describe(gm, n)))
+            params = {k: v.detach() for k, v in reading.params.items() if v is not None}
+            nodes.append(Node(name, op, tuple(names[a] for a in reading.operands), params, out, _describe(gm, n)))
             continue
-        refs = _referenced(n.args, n.kwargs)
+        refs = referenced(n.args, n.kwargs)
         host_op = type(gm.get_submodule(n.target)).__name__ if n.op == "call_module" else n.target if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
-        nodes.append(Node(name, None, tuple(names[r] for r in refs), {}, out, _describe(gm, n), host_fn=_host_function(gm, n, refs), host_op=host_op))
+        writes = names[target] if target is not None else None
+        nodes.append(Node(name, None, tuple(names[r] for r in refs), {}, out, _describe(gm, n), host_fn=_host_function(gm, n, refs), host_op=host_op, writes=writes))
 
     assert output_node is not None
-    out_refs = _referenced(output_node.args[0])
+    out_refs = referenced(output_node.args[0])
     out_position = {r: i for i, r in enumerate(out_refs)}
     template = output_node.args[0]
 
     def build_output(values: list[Any]) -> Any:
         return fx.node.map_arg(template, lambda r: values[out_position[r]])
 
-    _order_after_in_place(nodes)
     graph = Graph(
         inputs=[p.name for p in placeholders],
         input_specs=[TensorSpec.of(t) for t in example_inputs],
@@ -401,27 +481,11 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], leaf
         nodes=nodes,
         outputs=[names[r] for r in out_refs],
         build_output=build_output,
-        notes=notes,
+        traced=gm,
     )
     _fuse_linear_relu(graph)
+    order_writes(graph.nodes, {names[n]: aliases.group(n) for n in names})
     return graph
-
-
-def _mutates(node: Node) -> bool:
-    """Whether a host step writes its first operand in place (``x.mul_(2)``, ``F.relu(x, inplace=True)``)."""
-    name = node.host_op
-    return node.op is None and bool(node.inputs) and (name.endswith("_") and not name.endswith("__") or "inplace=True" in node.source)
-
-
-def _order_after_in_place(nodes: list[Node]) -> None:
-    """Make every later reader of a value written in place wait for the writer (``Node.after``)."""
-    writers: dict[str, str] = {}
-    for node in nodes:
-        waits = tuple(dict.fromkeys(writers[r] for r in node.inputs if r in writers and writers[r] != node.name))
-        if waits:
-            node.after = waits
-        if _mutates(node):
-            writers[node.inputs[0]] = node.name
 
 
 def _fuse_linear_relu(graph: Graph) -> None:

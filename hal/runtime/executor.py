@@ -1,9 +1,10 @@
 """Execution: prepared Programs chained stage by stage, overlapping independent stages, falling back on failure.
 
 A stage is a maximal run of consecutive nodes (in topological order) on one location. Programs are
-prepared once per (node, device) and kept by the plan. Stages whose inputs are ready run as soon as
-their device is free; when the stage graph is a chain (the common case) they run in the caller's
-thread with no scheduling at all.
+prepared once per (node, device) and kept by the plan (``Plan.program``); one that its device invalidated
+meanwhile (its tiles were reprogrammed) is prepared again, not counted as a failure. Stages whose inputs are
+ready, and whose in-place ordering (``Node.after``) allows, run as soon as their device is free; when the
+stage graph is a chain (the common case) they run in the caller's thread with no scheduling at all.
 
 If preparing or running a Program raises (``DeviceFailure`` from a lost link, or any other exception
 except ``InvalidInput``, which is the data's fault, such as NaN given to a device that refuses it, and
@@ -12,6 +13,9 @@ devices (executed nodes keep their results, at no cost), a ``RuntimeWarning`` sa
 continues; the report records the device, the node and the error. Caller inputs are never mutated:
 when a host step reads a caller's tensor, the run works on a copy of it (device Programs get tensors
 and must not write to them, by the contract).
+
+Each run keeps its values, its placement (the plan's, until a fallback re-places the rest of this run) and
+its report to itself, so several threads may run one plan at once.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hal.device import Device, Program
-from hal.errors import DeviceFailure, InvalidInput
+from hal.device import Device
+from hal.errors import DeviceFailure, InvalidInput, ProgramInvalidated
 from hal.kernels.torch_ops import TORCH_OPS
 from hal.runtime.capture import Graph, Node
 from hal.runtime.costs import HOST
@@ -117,30 +121,41 @@ def is_chain(stages: list[Stage]) -> bool:
 
 
 class Executor:
-    """Runs a Plan's graph on given inputs; keeps no state between runs except the plan's Programs."""
+    """One run of a Plan's graph on given inputs (make one per run); shares nothing with other runs but the plan's Programs.
+
+    ``host_copies`` holds the host copy of each device value a host step read, so that every host step of the
+    run sees one tensor, as eager torch would: views taken on the host and in-place writes there stay aliased.
+    """
 
     def __init__(self, plan: Plan):
         self.plan = plan
+        self.host_copies: dict[str, torch.Tensor] = {}
 
     # ---- one node
-    def _program(self, node: Node, device: Device) -> Program:
-        key = (node.name, str(device))
-        program = self.plan.programs.get(key)
-        if program is None or not program.valid:
-            program = device.prepare(node.op, node.params)
-            self.plan.programs[key] = program
-        return program
+    def _on_host(self, name: str, values: dict[str, Any]) -> Any:
+        value = values[name]
+        if not isinstance(value, torch.Tensor) or value.device.type == "cpu":
+            return value
+        if name not in self.host_copies:
+            self.host_copies[name] = value.cpu()
+        return self.host_copies[name]
 
     def _run_node(self, node: Node, device: Device | None, values: dict[str, Any]) -> Any:
-        args = [values[r] for r in node.inputs]
         if device is None:
-            args = [a.cpu() if isinstance(a, torch.Tensor) and a.device.type != "cpu" else a for a in args]
+            args = [self._on_host(r, values) for r in node.inputs]
             if node.op is None:
-                return node.host_fn(*args)
+                result = node.host_fn(*args)
+                if node.writes is not None:  # the write landed on the host copy: later device readers take that one
+                    values[node.writes] = args[node.inputs.index(node.writes)]
+                return result
             return TORCH_OPS[node.op.name](args, node.params, dict(node.op.attrs))
         target = device.torch_device
+        args = [values[r] for r in node.inputs]
         args = [a if a.device.type == "cpu" or a.device == target else a.to(target) for a in args]
-        return self._program(node, device)(*args)
+        try:
+            return self.plan.program(node.name, device)(*args)
+        except ProgramInvalidated:
+            return self.plan.program(node.name, device)(*args)  # its resources were reprogrammed meanwhile
 
     def _prepare_all(self, stages: list[Stage], placement: Placement) -> None:
         """Prepare (or reuse) every device Program before anything runs, so stage times are run times."""
@@ -151,7 +166,7 @@ class Executor:
             for i in stage.nodes:
                 node = self.plan.graph.nodes[i]
                 try:
-                    self._program(node, device)
+                    self.plan.program(node.name, device)
                 except Exception as exc:
                     raise _StageFailed(stage.location, node.name, exc) from exc
 
@@ -183,8 +198,8 @@ class Executor:
         done: set[str] = set()
         report = Report()
         t0 = time.perf_counter()
+        placement = self.plan.placement
         while True:
-            placement = self.plan.placement
             stages = build_stages(graph, placement, done)
             try:
                 self._prepare_all(stages, placement)
@@ -194,7 +209,7 @@ class Executor:
                     self._run_overlapped(stages, placement, values, done, report if profile else None, t0)
                 break
             except _StageFailed as failure:
-                self._fall_back(failure, placement, done, report)
+                placement = self._fall_back(failure, placement, done, report)
         outputs = [values[name] for name in graph.outputs]
         outputs = [o.cpu() if isinstance(o, torch.Tensor) and o.device.type != "cpu" else o for o in outputs]
         if profile:
@@ -249,11 +264,12 @@ class Executor:
         if failure is not None:
             raise failure
 
-    def _fall_back(self, failure: _StageFailed, placement: Placement, done: set[str], report: Report) -> None:
+    def _fall_back(self, failure: _StageFailed, placement: Placement, done: set[str], report: Report) -> Placement:
+        """Drop the failed device from the plan; returns where the rest of this run goes."""
         device = placement.locations[failure.location]
         error = failure.error
         kind = "device failure" if isinstance(error, DeviceFailure) else "error"
-        new = self.plan.drop_device(device, done)
+        new = self.plan.drop_device(device, done, placement)
         moved = {
             node.name: new.label(new.assignment[i])
             for i, node in enumerate(self.plan.graph.nodes)
@@ -263,3 +279,4 @@ class Executor:
         report.fallbacks.append(Fallback(str(device), failure.node, message, moved))
         targets = ", ".join(sorted(set(moved.values()))) or HOST
         warnings.warn(f"{device} failed ({kind}) while running {failure.node!r}: {message}; dropped it and re-planned the remaining nodes onto {targets}", RuntimeWarning, stacklevel=4)
+        return new

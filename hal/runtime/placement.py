@@ -24,8 +24,10 @@ optimum of the exact objective, deterministic for the same inputs (ties go to th
 locations are the host first, then devices sorted by URI).
 
 Constraints: pins (a node may only go where pinned; a pin to a device that cannot run the op fails here,
-before anything runs, with the device's Support reason) and capacities (weights of the nodes on a device
-must fit its declared ``memory_bytes``; the largest are moved off until they fit, then placement reruns).
+before anything runs, with the device's Support reason) and capacities (``hal.runtime.capacity``: the weight
+bytes of the nodes on a device must fit its declared ``memory_bytes``, and the crossbar tiles they take its
+declared tiles; the largest unpinned nodes are moved off until they fit, then placement reruns;
+``CapacityExceeded`` when the pinned ones alone do not fit).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 
 from hal.device import Cost, Device, OpSpec, Support
 from hal.errors import CapacityExceeded, InvalidInput, UnsupportedOp
+from hal.runtime.capacity import Capacity, capacities
 from hal.runtime.capture import Graph
 from hal.runtime.costs import HOST, Edge, HostModel, edge_rates, transfer_cost
 
@@ -170,29 +173,25 @@ def _place(graph, devices, policy, pins, host, fixed, queries) -> Placement:
     index = {n.name: i for i, n in enumerate(graph.nodes)}
 
     candidates, reasons = _candidates(graph, locations, pins, fixed, host, queries, specs)
+    limits = [[], *(capacities(d) for d in locations[1:])]
     forbidden: set[tuple[int, int]] = set()
     notes: list[str] = []
     while True:
         allowed = [[(loc, c) for loc, c in cand if (v, loc) not in forbidden] or [(0, _host_cost(graph, v, host, specs))] for v, cand in enumerate(candidates)]
         weights = _weights(policy, allowed)
         assignment = _optimise(graph, allowed, rates, weights, specs)
-        over = _over_capacity(graph, locations, assignment, fixed)
+        over = _over_capacity(graph, locations, limits, assignment, pins, fixed)
         if not over:
             break
-        for loc, victims, needed, available in over:
-            pinned = [graph.nodes[v].name for v in victims if graph.nodes[v].name in pins]
-            if pinned:
-                raise CapacityExceeded(
-                    f"{locations[loc]} holds {available:.3g} B of weights but the nodes placed there need {needed:.3g} B, and {', '.join(pinned)} are pinned to it; unpin some",
-                    needed, available,
-                )
-            for v in victims:
-                forbidden.add((v, loc))
-            notes.append(f"{locations[loc]}: weights of {needed:.3g} B exceed its {available:.3g} B; moved {', '.join(graph.nodes[v].name for v in victims)} elsewhere")
+        for loc, capacity, victims, needed in over:
+            forbidden.update((v, loc) for v in victims)
+            moved = ", ".join(graph.nodes[v].name for v in victims)
+            notes.append(f"{locations[loc]}: the nodes placed there need {needed:.4g} {capacity.what}, which exceeds its "
+                         f"{capacity.available:.4g} ({capacity.source}); moved {moved} elsewhere")
 
     node_costs = []
     for v, loc in enumerate(assignment):
-        node_costs.append(next(c for l, c in allowed[v] if l == loc))
+        node_costs.append(next(c for where, c in allowed[v] if where == loc))
     transfers = _transfers(graph, assignment, rates, specs, index)
     fallback = {graph.nodes[v].name: reasons[v] for v in range(len(graph.nodes)) if assignment[v] == 0 and reasons[v]}
     return Placement(policy, locations, assignment, node_costs, transfers, notes, fallback)
@@ -378,26 +377,36 @@ def _transfers(graph: Graph, assignment: list[int], rates: list[Edge], specs: di
     return [t for t in out if t.cost.latency_s or t.cost.energy_j]
 
 
-def _over_capacity(graph: Graph, locations, assignment: list[int], fixed: Mapping[str, int]):
-    """Devices whose placed weights exceed their declared memory, with the nodes to move off (largest first)."""
-    used: dict[int, list[tuple[int, int]]] = {}
+def _over_capacity(graph: Graph, locations, limits: list[list[Capacity]], assignment: list[int], pins: Mapping[str, str], fixed: Mapping[str, int]):
+    """Per device capacity exceeded: (location, capacity, nodes to move off, total needed).
+
+    Nodes to move off are the unpinned, not yet executed ones, largest first, until the rest fit; when the
+    pinned and executed nodes alone do not fit, CapacityExceeded says so.
+    """
+    placed: dict[int, list[int]] = {}
     for v, loc in enumerate(assignment):
-        if loc and graph.nodes[v].name not in fixed:
-            weight_bytes = sum(t.numel() * t.element_size() for t in graph.nodes[v].params.values())
-            used.setdefault(loc, []).append((weight_bytes, v))
+        if limits[loc]:
+            placed.setdefault(loc, []).append(v)
     over = []
-    for loc, items in sorted(used.items()):
-        memory = locations[loc].capabilities.memory_bytes
-        if memory is None:
-            continue
-        total = sum(b for b, _ in items)
-        if total <= memory.value:
-            continue
-        victims, remaining = [], total
-        for b, v in sorted(items, key=lambda item: (-item[0], item[1])):
-            if remaining <= memory.value:
-                break
-            victims.append(v)
-            remaining -= b
-        over.append((loc, victims, total, memory.value))
+    for loc, members in sorted(placed.items()):
+        for capacity in limits[loc]:
+            needs = [(capacity.need(graph.nodes[v]), v) for v in members]
+            total = sum(b for b, _ in needs)
+            if total <= capacity.available:
+                continue
+            movable = sorted(((b, v) for b, v in needs if b and graph.nodes[v].name not in pins and graph.nodes[v].name not in fixed), key=lambda item: (-item[0], item[1]))
+            victims, remaining = [], total
+            for b, v in movable:
+                if remaining <= capacity.available:
+                    break
+                victims.append(v)
+                remaining -= b
+            if remaining > capacity.available:
+                kept = [graph.nodes[v].name for b, v in needs if b and (graph.nodes[v].name in pins or graph.nodes[v].name in fixed)]
+                raise CapacityExceeded(
+                    f"{locations[loc]} holds {capacity.available:.4g} {capacity.what} ({capacity.source}), but the nodes "
+                    f"pinned to it or already run there ({', '.join(kept)}) need {remaining:.4g}; unpin some of them, or give the device more capacity",
+                    remaining, capacity.available,
+                )
+            over.append((loc, capacity, victims, total))
     return over

@@ -1,19 +1,23 @@
-"""``plan(model, example_inputs, policy, pins, devices)``: capture, place, and return an inspectable, runnable Plan."""
+"""``plan(model, example_inputs, policy, pins, devices)``: capture, place, and return an inspectable, runnable Plan.
+
+A Plan may be run from several threads at once: re-planning for a new batch size, preparing Programs and
+dropping a failed device each happen under a lock of the plan, and every run keeps its own values and report.
+"""
 
 from __future__ import annotations
 
 import difflib
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-import hal
 from hal import registry
 from hal.device import Device, DeviceURI, Program
 from hal.errors import HalError, InvalidInput, ShapeError
-from hal.runtime.capture import Graph, UntraceableModel, capture
+from hal.runtime.capture import Graph, UntraceableModel, capture, graph_of
 from hal.runtime.costs import HOST, HostModel
 from hal.runtime.executor import Executor, Report, Stage, build_stages
 from hal.runtime.placement import Placement, _Queries, place
@@ -22,11 +26,11 @@ from hal.runtime.placement import Placement, _Queries, place
 def available_devices() -> tuple[list[Device], list[str]]:
     """Open every available device the registry probes (board transports excluded); notes for those that fail to open."""
     devices, notes = [], []
-    for info in hal.devices():
-        if info.kind == registry.BOARD_DRIVER:
+    for info in registry.probe_all():
+        if not info.available or info.kind == registry.BOARD_DRIVER:
             continue
         try:
-            devices.append(hal.device(info.uri))
+            devices.append(registry.open_device(info.uri))
         except HalError as exc:
             notes.append(f"{info.uri} was probed available but did not open: {exc}")
     return devices, notes
@@ -35,7 +39,7 @@ def available_devices() -> tuple[list[Device], list[str]]:
 def _open(devices: Iterable[Device | str]) -> list[Device]:
     opened: dict[str, Device] = {}
     for d in devices:
-        device = d if isinstance(d, Device) else hal.device(d)
+        device = d if isinstance(d, Device) else registry.open_device(d)
         opened[str(device)] = device
     return [opened[k] for k in sorted(opened)]
 
@@ -45,7 +49,7 @@ def _host_model(devices: Sequence[Device]) -> HostModel:
         if d.kind == "cpu":
             return HostModel.from_device(d)
     try:
-        return HostModel.from_device(hal.device("cpu:0"))
+        return HostModel.from_device(registry.open_device("cpu:0"))
     except HalError:
         return HostModel.default()
 
@@ -112,14 +116,17 @@ def plan(
         found, notes = available_devices()
     else:
         found = _open(devices)
-    pinned = [hal.device(uri) for uri in sorted(set(pins.values())) if uri != HOST and not any(d == uri for d in found)]
+    pinned = [registry.open_device(uri) for uri in sorted(set(pins.values())) if uri != HOST and not any(d == uri for d in found)]
     found = _open([*found, *pinned])
     graph = _capture_with_pins(model, inputs, pins)
     return Plan(model, graph, found, policy, pins, overlap, notes)
 
 
 class Plan:
-    """A placed graph: print it (table), ``to_json()``, ``save_plot(path)``, ``run(*inputs, profile=False)``."""
+    """A placed graph: print it (table), ``to_json()``, ``save_plot(path)``, ``run(*inputs, profile=False)``.
+
+    Safe to run from several threads; ``last_report`` is the report of the run that finished last.
+    """
 
     def __init__(self, model: torch.nn.Module, graph: Graph, devices: list[Device], policy: str, pins: Mapping[str, str], overlap: bool = True, notes: Iterable[str] = ()):
         self.model = model
@@ -136,8 +143,11 @@ class Plan:
         self.last_report: Report | None = None
         self._queries = _Queries()
         self.node_pins = _expand_pins(graph, self.pins)
+        self._index = {n.name: i for i, n in enumerate(graph.nodes)}
         self.placement: Placement = place(graph, self.devices, policy, self.node_pins, self.host, queries=self._queries)
         self._variants: dict[tuple, Plan] = {}
+        self.lock = threading.RLock()  # guards programs, devices and placement across threads
+        self._variants_lock = threading.Lock()  # held while a variant is made, so each batch size is planned once
 
     # ---- inspection
     @property
@@ -183,11 +193,22 @@ class Plan:
     # ---- execution
     def prepare(self) -> None:
         """Prepare every device Program now (otherwise the first run does it)."""
-        executor = Executor(self)
+        placement = self.placement
         for i, node in enumerate(self.graph.nodes):
-            device = self.placement.locations[self.placement.assignment[i]]
+            device = placement.locations[placement.assignment[i]]
             if device is not None:
-                executor._program(node, device)
+                self.program(node.name, device)
+
+    def program(self, node: str, device: Device) -> Program:
+        """The plan's Program of ``node`` on ``device``, prepared on first use and again once invalidated."""
+        key = (node, str(device))
+        with self.lock:
+            program = self.programs.get(key)
+            if program is None or not program.valid:
+                spec = self.graph.nodes[self._index[node]]
+                program = device.prepare(spec.op, spec.params)
+                self.programs[key] = program
+            return program
 
     def run(self, *inputs: Any, profile: bool = False) -> Any:
         """Run the plan on ``inputs``; with ``profile=True`` return ``(outputs, report)``.
@@ -223,27 +244,32 @@ class Plan:
         if same:
             return self
         key = tuple(tuple(t.shape) for t in inputs)
-        variant = self._variants.get(key)
-        if variant is None:
-            graph = _capture_with_pins(self.model, tuple(t.detach() for t in inputs), self.pins)
-            variant = Plan(self.model, graph, self.devices, self.policy, self.pins, self.overlap, self._device_notes)
-            variant.notes.append(f"re-planned for input shapes {[list(s) for s in key]}")
-            self._variants[key] = variant
-        return variant
+        with self._variants_lock:
+            variant = self._variants.get(key)
+            if variant is None:
+                graph = graph_of(self.graph.traced, inputs)
+                variant = Plan(self.model, graph, self.devices, self.policy, self.pins, self.overlap, self._device_notes)
+                variant.notes.append(f"re-planned for input shapes {[list(s) for s in key]}")
+                self._variants[key] = variant
+            return variant
 
-    def drop_device(self, device: Device | None, done: set[str]) -> Placement:
-        """Remove ``device`` and re-place the nodes not in ``done``; executed nodes keep their place at zero cost."""
-        old = self.placement
-        self.devices = [d for d in self.devices if d != device]
-        self.dropped.append(str(device))
-        new_locations = [None, *sorted(self.devices, key=str)]
-        fixed: dict[str, int] = {}
-        for i, node in enumerate(self.graph.nodes):
-            if node.name in done:
-                where = old.locations[old.assignment[i]]
-                fixed[node.name] = new_locations.index(where) if where in new_locations else 0
-        pins = {n: uri for n, uri in self.node_pins.items() if uri != str(device)}
-        self.node_pins = pins
-        self.placement = place(self.graph, self.devices, self.policy, pins, self.host, fixed, self._queries)
-        self.notes.append(f"{device} was dropped after a failure; remaining nodes re-placed")
-        return self.placement
+    def drop_device(self, device: Device | None, done: set[str], used: Placement) -> Placement:
+        """Remove ``device`` from the plan and return where a run that used ``used`` finishes: the nodes in
+        ``done`` keep their place at zero cost, the rest are re-placed on the remaining devices.
+
+        The plan's own placement, for later runs, is re-made from scratch without the device.
+        """
+        with self.lock:
+            if str(device) not in self.dropped:
+                self.devices = [d for d in self.devices if d != device]
+                self.dropped.append(str(device))
+                self.node_pins = {n: uri for n, uri in self.node_pins.items() if uri != str(device)}
+                self.placement = place(self.graph, self.devices, self.policy, self.node_pins, self.host, queries=self._queries)
+                self.notes.append(f"{device} was dropped after a failure; remaining nodes re-placed")
+            new_locations = [None, *sorted(self.devices, key=str)]
+            fixed: dict[str, int] = {}
+            for i, node in enumerate(self.graph.nodes):
+                if node.name in done:
+                    where = used.locations[used.assignment[i]]
+                    fixed[node.name] = new_locations.index(where) if where in new_locations else 0
+            return place(self.graph, self.devices, self.policy, self.node_pins, self.host, fixed, self._queries)

@@ -98,3 +98,16 @@ class WritesInPlace(nn.Module):
     def forward(self, x):
         x.mul_(2)
         return self.fc(x)
+
+
+class ActTwice(nn.Module):
+    """``ReLU(inplace=True)`` whose input is read again afterwards: eager reads the rectified values."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(4, 4), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        h = self.fc(x)
+        r = self.act(h)
+        return h + r

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
-from runtime_fakes import WritesInPlace
+from runtime_fakes import ActTwice, WritesInPlace
 from torch import nn
 
 from hal.kernels.selective_scan import selective_scan_reference
@@ -139,3 +141,104 @@ def test_readers_of_a_value_written_in_place_wait_for_the_writer():
     writer, reader = g.nodes
     assert writer.op is None and writer.host_op == "mul_"
     assert reader.inputs == ("x",) and reader.after == (writer.name,)
+
+
+class PausesWhileTraced(nn.Module):
+    """Its forward, run by the tracer, signals ``entered`` and waits for ``release``: the trace is held open."""
+
+    def __init__(self, entered: threading.Event, release: threading.Event):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.entered, self.release = entered, release
+
+    def forward(self, x):
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.fc(x)
+
+
+def test_a_trace_in_progress_leaves_other_threads_eager_modules_and_plans_alone():
+    import hal
+    from hal.runtime import plan
+
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(4, 4), nn.Flatten(), nn.ReLU())
+    x = torch.randn(2, 4)
+    expected = other(x).detach()
+    running = plan(other, x, devices=[hal.device("cpu")])
+    call, getattr_ = nn.Module.__call__, nn.Module.__getattr__
+    entered, release = threading.Event(), threading.Event()
+    traced = {}
+    tracer = threading.Thread(target=lambda: traced.setdefault("graph", capture(PausesWhileTraced(entered, release), (x,))))
+    tracer.start()
+    try:
+        assert entered.wait(30)  # the trace is now open: torch.nn.Module is patched process-wide
+        eager = other(x)
+        planned = running.run(x)
+    finally:
+        release.set()
+        tracer.join(30)
+    assert isinstance(eager, torch.Tensor) and torch.equal(eager.detach(), expected)
+    assert isinstance(planned, torch.Tensor) and torch.allclose(planned, expected)
+    assert [n.op.name for n in traced["graph"].nodes] == ["linear"]
+    assert nn.Module.__call__ is call and nn.Module.__getattr__ is getattr_
+
+
+def test_overlapping_traces_restore_torch():
+    """The first trace finishes while the second is still open: overlapping patch/restore would leave fx's patch installed."""
+    call, getattr_ = nn.Module.__call__, nn.Module.__getattr__
+    first_in, second_in, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    class First(nn.Module):
+        def forward(self, x):
+            first_in.set()
+            second_in.wait(1)  # times out when traces are serialised: the second cannot start meanwhile
+            return x * 2
+
+    class Second(nn.Module):
+        def forward(self, x):
+            second_in.set()
+            first_done.wait(1)
+            return x * 3
+
+    def first():
+        capture(First(), (torch.randn(2),))
+        first_done.set()
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_in.wait(30)
+    b = threading.Thread(target=capture, args=(Second(), (torch.randn(2),)))
+    b.start()
+    a.join(30)
+    b.join(30)
+    assert nn.Module.__call__ is call and nn.Module.__getattr__ is getattr_
+    assert isinstance(nn.Linear(2, 2)(torch.randn(1, 2)), torch.Tensor)
+
+
+def test_an_in_place_op_whose_input_is_read_later_stays_an_in_place_host_step():
+    g = capture(ActTwice(), (torch.randn(2, 4),))
+    fc, act, add = g.nodes
+    assert fc.op.name == "linear" and act.op is None and act.writes == "fc"
+    assert add.op.name == "add" and add.after == ("act",)
+
+
+def test_an_in_place_op_no_later_step_can_tell_is_placed_and_fused_like_its_out_of_place_form():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 2), nn.ReLU(inplace=True))
+    g = capture(model, (torch.randn(2, 4),))
+    assert [n.label for n in g.nodes] == ["linear+relu", "linear+relu"]
+    assert all(n.writes is None and n.after == () for n in g.nodes)
+
+
+def test_a_write_through_a_view_orders_the_views_readers_too():
+    class ViewWrite(nn.Module):
+        def forward(self, x):
+            v = x.view(-1)
+            F.relu(x, True)  # positional inplace
+            return v.sum() + torch.relu(x).sum()
+
+    g = capture(ViewWrite(), (torch.randn(2, 3),))
+    by_name = {n.name: n for n in g.nodes}
+    write = by_name["relu"]
+    assert write.op is None and write.writes == "x" and write.after == ("view",)
+    assert by_name["sum_1"].after == ("relu",) and by_name["relu_1"].after == ("relu",)

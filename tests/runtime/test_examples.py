@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import hal
+from hal import registry
 from hal.device import DeviceInfo
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -23,7 +23,7 @@ def load(name: str):
 @pytest.fixture
 def cpu_only(monkeypatch):
     cpu = DeviceInfo("cpu:0", "cpu", True)
-    monkeypatch.setattr(hal, "devices", lambda *a, **k: [cpu])
+    monkeypatch.setattr(registry, "probe_all", lambda *a, **k: [cpu])
 
 
 def test_hybrid_digits_on_cpu_only(cpu_only, capsys, tmp_path):
@@ -44,11 +44,11 @@ def test_hybrid_jamba_on_cpu_only(cpu_only, capsys):
     assert float(line.split("float64 ")[1].split()[0]) < 1e-5
 
 
-def test_available_devices_skips_board_transports_and_notes_failures(monkeypatch):
+def test_available_devices_skips_board_transports_and_unavailable_devices_and_notes_failures(monkeypatch):
     from hal.runtime import available_devices
 
-    infos = [DeviceInfo("cpu:0", "cpu", True), DeviceInfo("serial:0", "serial", True), DeviceInfo("nosuch:0", "nosuch", True)]
-    monkeypatch.setattr(hal, "devices", lambda *a, **k: infos)
+    infos = [DeviceInfo("cpu:0", "cpu", True), DeviceInfo("serial:0", "serial", True), DeviceInfo("nosuch:0", "nosuch", True), DeviceInfo("memristor:0", "memristor", False)]
+    monkeypatch.setattr(registry, "probe_all", lambda *a, **k: infos)
     devices, notes = available_devices()
     assert [str(d) for d in devices] == ["cpu:0"]
     assert len(notes) == 1 and notes[0].startswith("nosuch:0 was probed available but did not open")

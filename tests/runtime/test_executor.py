@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
+import warnings
 
 import pytest
 import torch
-from runtime_fakes import WritesInPlace, fake
+from runtime_fakes import ActTwice, WritesInPlace, fake
 from torch import nn
 
 import hal
 from hal.capability import Paradigm
-from hal.errors import ShapeError
+from hal.errors import ProgramInvalidated, ShapeError
 from hal.runtime import plan
 
 
@@ -154,3 +156,79 @@ def test_failure_while_branches_overlap_falls_back_and_report_prints():
     assert report.fallbacks[0].replaced_by == {"left": "br:0"}
     text = str(report)
     assert "measured" in text and "fallback: bl:0 failed at left" in text
+
+
+class ReadsThenWrites(nn.Module):
+    """A device reads x, then the host doubles x in place, then a device reads it again."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        a = self.fc(x)
+        x.mul_(2)
+        return a, self.fc2(x)
+
+
+def test_an_in_place_write_waits_for_an_earlier_device_reader_when_stages_overlap():
+    """The first read is slow: a write that did not wait for it would change what it reads."""
+
+    def slow_first_read(op):
+        if not reads:
+            time.sleep(0.2)
+        reads.append(op.name)
+
+    reads: list[str] = []
+    torch.manual_seed(0)
+    m, x = ReadsThenWrites(), torch.randn(3, 4)
+    slow = fake("slowread", ops=("linear",), s_per_flop=1e-14, on_run=slow_first_read)
+    p = plan(m, x, devices=[slow], overlap=True)
+    assert [p.device_of(n) for n in ("fc", "mul_", "fc2")] == ["slowread:0", "host", "slowread:0"]
+    assert p.stages[1].deps == {0}
+    before = x.clone()
+    a, b = p.run(x)
+    assert torch.equal(x, before)
+    torch.testing.assert_close(a, m.fc(before).detach())
+    torch.testing.assert_close(b, m.fc2(before * 2).detach())
+
+
+def test_an_in_place_module_whose_input_is_read_again_gives_the_eager_result():
+    torch.manual_seed(0)
+    m, x = ActTwice(), torch.randn(5, 4)
+    p = plan(m, x, devices=[fake("act", ops=("linear", "add", "relu")), hal.device("cpu")])
+    torch.testing.assert_close(p.run(x), m(x).detach())
+
+
+def test_a_program_invalidated_between_lookup_and_call_is_prepared_again_not_counted_as_a_failure():
+    """As when another thread's plan takes a crossbar's tiles at that moment: the run re-prepares and goes on."""
+    evicted = []
+
+    def evicted_once(op):
+        if op.name == "linear" and op.param("weight").shape == (10, 32) and not evicted:
+            program = p.programs[("5", "evicting:0")]
+            program.invalidate("its tiles were reprogrammed for another program")
+            evicted.append(program)
+            raise ProgramInvalidated("this linear program on evicting:0 can no longer run: its tiles were reprogrammed")
+
+    m, x = model(), torch.randn(4, 16)
+    evicting = fake("evicting", on_run=evicted_once)
+    p = plan(m, x, devices=[evicting])
+    p.prepare()
+    prepared = evicting.prepared
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = p.run(x)
+    torch.testing.assert_close(out, m(x).detach())
+    assert evicted and p.dropped == [] and evicting.prepared == prepared + 1
+
+
+def test_after_a_fallback_later_runs_use_a_placement_made_afresh():
+    m, x = model(), torch.randn(8, 16)
+    flaky = fake("flaky2", s_per_flop=1e-14, fail_on_call=2)
+    steady = fake("steady2", s_per_flop=1e-11)
+    p = plan(m, x, devices=[flaky, steady])
+    with pytest.warns(RuntimeWarning):
+        p.run(x)
+    assert all(c.formula != "already executed" for c in p.placement.node_costs)
+    assert {p.device_of(n.name) for n in p.graph.nodes if n.op is not None} == {"steady2:0"}

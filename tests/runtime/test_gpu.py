@@ -66,3 +66,30 @@ def test_gpu_failure_mid_run_falls_back_to_the_cpu(gpu):
     assert {p.device_of(n) for n in p.graph.node_names()} <= {"cpu:0", "host"}
     ref = model.double()(x.double()).detach()
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-3
+
+
+class WritesADeviceResult(nn.Module):
+    """A GPU layer's output viewed and then doubled in place on the host, and read again on the GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(256, 256), nn.Linear(256, 256)
+
+    def forward(self, x):
+        h = self.fc(x)
+        v = h.view(-1)
+        h.mul_(2)
+        return self.fc2(h), v.sum()
+
+
+def test_a_host_write_to_a_gpu_result_reaches_its_views_and_later_gpu_readers(gpu):
+    torch.manual_seed(0)
+    model, x = WritesADeviceResult(), torch.randn(64, 256)
+    p = plan(model, x, pins={"fc": str(gpu), "fc2": str(gpu)}, devices=[hal.device("cpu"), gpu])
+    assert [p.device_of(n) for n in ("fc", "view", "mul_", "fc2")] == [str(gpu), "host", "host", str(gpu)]
+    out, total = p.run(x)
+    with torch.no_grad():
+        h = model.fc(x) * 2
+        ref_out, ref_total = model.fc2(h), h.sum()
+    assert float((out - ref_out).norm() / ref_out.norm()) < 1e-2
+    assert abs(float(total) - float(ref_total)) <= 1e-2 * float(h.abs().sum())

@@ -42,7 +42,10 @@ def test_chain_placement_matches_brute_force(policy):
         p = place(graph, devices, policy, pins, best.host)
         scores.append(p)
     component = {"latency": 0, "energy": 1, "accuracy": 2}[policy]
-    pick = lambda c: (c.latency_s, c.energy_j, c.error)[component]
+
+    def pick(c):
+        return (c.latency_s, c.energy_j, c.error)[component]
+
     brute = min(pick(p.totals()) for p in scores)
     assert pick(best.placement.totals()) <= brute * (1 + 1e-6)
     assert len(scores) > 20
