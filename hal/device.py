@@ -391,6 +391,8 @@ class Device(ABC):
     #: Refuse NaN/inf inputs with InvalidInput (analog, spiking, quantum devices). Digital devices
     #: propagate them as IEEE arithmetic does, like torch.
     refuses_nonfinite: ClassVar[bool] = False
+    #: Device methods a converted model forwards (``hal.nn.convert(model, "memristor:0").elapse(3600)``).
+    MODULE_VERBS: ClassVar[tuple[str, ...]] = ()
     #: Size of the eager-op program cache (least recently used programs are dropped).
     EAGER_CACHE_SIZE: ClassVar[int] = 64
 
@@ -511,6 +513,19 @@ class Device(ABC):
     @abstractmethod
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
         """Build the Program for a supported ``op``."""
+
+    # ---- module conversion (hal.nn.convert): a device's own torch layers
+    def convert_module(self, module: torch.nn.Module, **options: Any) -> torch.nn.Module | None:
+        """This device's own twin of ``module`` (one layer, or a whole model), or None when it has none.
+
+        ``hal.nn.convert`` asks first for the whole model (a spiking device converts a network at once),
+        then layer by layer; a layer with no twin whose op the device supports becomes hal.nn's generic
+        device layer. ``options`` are the device's conversion options (noise-aware training strength,
+        calibration data...); a device with none refuses any.
+        """
+        if options:
+            raise InvalidInput(f"{self.uri} takes no conversion options, got {sorted(options)}; call hal.nn.convert(model, {str(self.uri)!r}) without them")
+        return None
 
     # ---- subgraph claims (hal.subgraph): one Program for a connected group of ops
     def claim(self, sub: Subgraph) -> Support:
