@@ -2,6 +2,10 @@
 
 For each batch b, channel d and state n:  h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t,
 y_t = sum_n C_t * h_t + D * u_t  (Gu & Dao, "Mamba", 2023, Algorithm 2, zero-order-hold A and Euler B).
+
+This is the op vocabulary's plain reference (what ``selective_scan`` OpSpecs run on the torch path). The fast
+kernels, with autograd, the z gate, delta softplus, grouped B/C, packed sequences and decode steps, and Mamba-2's
+SSD, are in ``hal.kernels.ssm`` (docs/ssm.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hal.kernels.selective_scan import selective_scan_reference
+from hal.kernels import ssm
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, scale: float | None = None) -> torch.Tensor:
@@ -44,5 +44,6 @@ TORCH_OPS: dict[str, OpFn] = {
     "layer_norm": lambda i, p, a: F.layer_norm(i[0], (i[0].shape[-1],), p.get("weight"), p.get("bias"), a["eps"]),
     "rms_norm": lambda i, p, a: F.rms_norm(i[0], (i[0].shape[-1],), p.get("weight"), a["eps"]),
     "attention": lambda i, p, a: attention(i[0], i[1], i[2], a["causal"], a["scale"]),
-    "selective_scan": lambda i, p, a: selective_scan_reference(*i),
+    # Triton's fused chunked scan on a CUDA GPU, the chunked torch scan elsewhere (hal.kernels.ssm.resolve_backend)
+    "selective_scan": lambda i, p, a: ssm.selective_scan(i[0], i[1], i[2], i[3], i[4], D=i[5]),
 }
