@@ -1,8 +1,9 @@
 """The analog section of a capability: crossbar tiles, device conductances, converters, non-idealities.
 
 Stored under ``Capabilities.sections["analog"]``. Pure data (standard library only). Every number is a Figure
-that says whether it comes from a paper (device statistics, converter energies), is derived from other figures
-(tile counts, peak rates) or was measured on this emulator (its error).
+that says whether it comes from a paper (device statistics, converter energies, tile sizes), is derived from
+other figures (weight counts, peak rates, the expected error), or is an assumption of the emulator (fault rates,
+pulse energies, values set by a device option).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from hal.capability.figures import Figure
 class CrossbarTiles:
     """How many crossbar tiles a device has and what one holds (a weight = a differential pair G+ / G-)."""
 
-    rows: int
-    cols: int
-    count: int
-    devices_per_weight: int
+    rows: Figure
+    cols: Figure
+    count: Figure
+    devices_per_weight: Figure
     weights_total: Figure
 
 
@@ -27,8 +28,8 @@ class CrossbarTiles:
 class Converters:
     """Input DACs and output ADCs of a tile: resolution (bits incl. sign), ranges and cost per conversion."""
 
-    dac_bits: int
-    adc_bits: int
+    dac_bits: Figure
+    adc_bits: Figure
     input_scaling: str
     """``per-vector`` (each input vector scaled by its largest magnitude) or ``static`` (a fixed range; beyond it
     inputs are clipped and counted)."""
@@ -50,7 +51,7 @@ class AnalogSection:
     tiles: CrossbarTiles
     conductance_min: Figure
     conductance_max: Figure
-    conductance_levels: int
+    conductance_levels: Figure
     converters: Converters
     nonidealities: dict[str, bool]
     """Which non-idealities are simulated (programming_noise, drift, read_noise, ...)."""
@@ -59,3 +60,6 @@ class AnalogSection:
     write_verify: dict[str, Figure] = field(default_factory=dict)
     read_age: Figure | None = None
     """Time after the drift reference t0 at which reads are simulated."""
+    accuracy: dict[str, Figure] = field(default_factory=dict)
+    """The expected relative error of a product and the share of each effect in it, derived from the configuration
+    (``expected_error``, then one root-variance figure per effect)."""

@@ -116,7 +116,8 @@ class TileConfig:
     2015, measured 1.75% stuck-at-0 on an RRAM array (pass ?stuck_gmin=0.0175 to reproduce)."""
     stuck_at_gmax_rate: float = 1e-4
     """Fraction of devices stuck at g_max. Assumed illustrative rate; Chen et al. 2015 measured 9.04% stuck-at-1
-    on RRAM (?stuck_gmax=0.0904)."""
+    on RRAM (?stuck_gmax=0.0904 loses about 9 % of the weights: an expected error near 0.3, which the device refuses
+    because its tolerance would exceed 0.5)."""
     write_verify_iterations: int = 3
     """Program-and-verify rounds after the first pulse (0: single shot). Iterative programming: Joshi et al. 2020."""
     write_verify_tolerance_us: float = 0.5

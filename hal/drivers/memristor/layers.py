@@ -2,7 +2,8 @@
 
 In ``eval()`` mode a layer programs its weight onto a memristor device (through the public contract:
 ``registry.open_device(uri).prepare(...)``) and runs every forward pass through that Program: DACs, drifted
-noisy conductances, ADCs. The weight is reprogrammed only when it changed or its tiles were overwritten.
+noisy conductances, ADCs. The weight is reprogrammed only when it changed (written in place, its ``.data``
+replaced, or the parameter itself replaced) or its tiles were overwritten (``hal.programs.Reprogrammer``).
 
 In ``train()`` mode the forward pass is digital with *noise injection* (hardware-aware training, as in Joshi et
 al., Nat. Commun. 2020): each weight is perturbed by Gaussian noise of the std the PCM model predicts for its
@@ -24,6 +25,7 @@ from hal.device import OpSpec, Program, TensorSpec
 from hal.drivers.memristor import pcm
 from hal.drivers.memristor.config import CrossbarConfig
 from hal.errors import InvalidInput
+from hal.programs import Reprogrammer
 
 
 def weight_noise_std(weight: torch.Tensor, config: CrossbarConfig, scale: float = 1.0, age_s: float = 0.0) -> torch.Tensor:
@@ -60,32 +62,22 @@ class _AnalogLayer:
         self.device_uri = device_uri
         self.noise_scale = noise_scale
         self.noise_age_s = noise_age_s
-        self._program: Program | None = None
-        self._programmed_key: tuple | None = None
+        self._resident = Reprogrammer()
 
     @property
     def hal_device(self):
         return registry.open_device(self.device_uri)
 
-    def _key(self) -> tuple:
-        bias = self.bias
-        return (self.weight.data_ptr(), self.weight._version, None if bias is None else (bias.data_ptr(), bias._version))
-
     def analog_program(self) -> Program:
         """The Program holding this layer's weight, programmed now if the weight changed or was overwritten."""
-        if self._program is None or not self._program.valid or self._programmed_key != self._key():
-            device = self.hal_device
-            params = {"weight": self.weight.detach(), "bias": None if self.bias is None else self.bias.detach()}
-            self._program = device.prepare(self._op_spec(), params)
-            self._programmed_key = self._key()
-        return self._program
+        return self._resident.program({"weight": self.weight, "bias": self.bias}, lambda params: self.hal_device.prepare(self._op_spec(), params))
 
     def reprogram(self) -> None:
         """Give this layer's tiles back; the next eval-mode forward programs the weight again (a new device draw)."""
-        release = getattr(self._program, "release", None)  # MemristorProgram frees its tiles; other hosts may not
-        if release is not None and self._program.valid:
+        program = self._resident.forget()
+        release = getattr(program, "release", None)  # MemristorProgram frees its tiles; other hosts may not
+        if release is not None and program.valid:
             release()
-        self._program = None
 
     def _noisy_weight(self) -> torch.Tensor:
         if self.noise_scale == 0:
@@ -104,13 +96,14 @@ class AnalogLinear(nn.Linear, _AnalogLayer):
         self._setup(device_uri, noise_scale, noise_age_s)
 
     def _op_spec(self) -> OpSpec:
-        params = {"weight": TensorSpec(tuple(self.weight.shape)), "bias": None if self.bias is None else TensorSpec(tuple(self.bias.shape))}
-        return OpSpec("linear", [TensorSpec((None, self.in_features))], params)
+        dtype = self.weight.dtype
+        params = {"weight": TensorSpec(tuple(self.weight.shape), dtype), "bias": None if self.bias is None else TensorSpec(tuple(self.bias.shape), dtype)}
+        return OpSpec("linear", [TensorSpec((None, self.in_features), dtype)], params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return F.linear(x, self._noisy_weight(), self.bias)
-        flat = x.reshape(-1, self.in_features).to(torch.float32)
+        flat = x.reshape(-1, self.in_features).to(self.weight.dtype)
         return self.analog_program()(flat).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
@@ -124,14 +117,15 @@ class AnalogConv2d(nn.Conv2d, _AnalogLayer):
         self._setup(device_uri, noise_scale, noise_age_s)
 
     def _op_spec(self) -> OpSpec:
-        params = {"weight": TensorSpec(tuple(self.weight.shape)), "bias": None if self.bias is None else TensorSpec(tuple(self.bias.shape))}
+        dtype = self.weight.dtype
+        params = {"weight": TensorSpec(tuple(self.weight.shape), dtype), "bias": None if self.bias is None else TensorSpec(tuple(self.bias.shape), dtype)}
         attrs = {"stride": tuple(self.stride), "padding": tuple(self.padding), "dilation": tuple(self.dilation), "groups": self.groups}
-        return OpSpec("conv2d", [TensorSpec((None, self.in_channels, None, None))], params, attrs)
+        return OpSpec("conv2d", [TensorSpec((None, self.in_channels, None, None), dtype)], params, attrs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return F.conv2d(x, self._noisy_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return self.analog_program()(x.to(torch.float32)).to(x.dtype)
+        return self.analog_program()(x.to(self.weight.dtype)).to(x.dtype)
 
 
 def convert(model: nn.Module, device_uri: str = "memristor:0", noise_scale: float = 1.0, noise_age_s: float = 0.0, inplace: bool = False) -> nn.Module:

@@ -76,6 +76,36 @@ def state_generator(device: torch.device, seed: int, age_s: float) -> torch.Gene
     return generator
 
 
+def ir_drop_factor(g_us: torch.Tensor, grid: TileGrid, r_ohm: float) -> torch.Tensor:
+    """First-order IR drop: each device's effective conductance is reduced by the voltage lost on the lines.
+
+    Word line i is driven from column 0; the current of every device beyond column c crosses the wire
+    segments before c, so the voltage at (i, c) drops by ``r * sum_c' G_ic' min(c, c')`` per volt.
+    Bit line j is held at virtual ground after the last row; its node at row k rises by
+    ``r * sum_m G_mj x_m (rows + 1 - max(k, m))``, which takes from input m the current
+    ``r * G_mj * sum_k G_kj (rows + 1 - max(k, m))``. Both are linear in the inputs (currents at ideal
+    voltages), so they become a conductance factor computed once per read time with cumulative sums.
+    ``g_us`` is (2, tiles, rows, col_blocks * cols): the G+ and G- planes of every tile, in microsiemens.
+    """
+    g = g_us * SIEMENS_PER_US  # (2, P*R, rows, C*cols)
+    tiles = g.view(2, g.shape[1], grid.rows, grid.col_blocks, grid.cols)
+    # word line: G+ and G- of a column sit side by side on the row
+    pair = tiles.sum(dim=0)  # (P*R, rows, C, cols)
+    col_index = torch.arange(1, grid.cols + 1, device=g.device, dtype=g.dtype)
+    weighted = torch.cumsum(pair * col_index, dim=-1)
+    beyond = pair.sum(dim=-1, keepdim=True) - torch.cumsum(pair, dim=-1)
+    word_drop = r_ohm * (weighted + col_index * beyond)  # (P*R, rows, C, cols)
+    # bit line: each device column of each tile separately
+    n = grid.rows
+    row_index = torch.arange(1, n + 1, device=g.device, dtype=g.dtype).view(1, 1, n, 1, 1)
+    upstream = torch.cumsum(tiles, dim=2)
+    far = tiles * (n + 1 - row_index)
+    downstream = far.sum(dim=2, keepdim=True) - torch.cumsum(far, dim=2)
+    bit_drop = r_ohm * ((n + 1 - row_index) * upstream + downstream)  # (2, P*R, rows, C, cols)
+    factor = (1.0 - word_drop.unsqueeze(0) - bit_drop).clamp(min=0.0)
+    return factor.view_as(g)
+
+
 class Crossbar:
     """P weight matrices programmed onto tiles, read at a given age after programming.
 
@@ -219,7 +249,7 @@ class Crossbar:
         g = pcm.conductance_at(self.g_programmed, self.nu, age_s, tile.g_max_us, cfg.pcm, generator if effects.read_noise else None)
         g = self._pin_stuck(g)
         if effects.ir_drop and tile.wire_resistance_ohm > 0:
-            g = g * self._ir_drop_factor(g)
+            g = g * ir_drop_factor(g, self.grid, tile.wire_resistance_ohm)
         g_diff = (g[0] - g[1]) / tile.g_max_us
         g_sum_rows = (g[0] + g[1]).sum(dim=-1).view(self.grid.stack, -1) * SIEMENS_PER_US
         compensation = self._compensation(g_diff, generator) if effects.drift_compensation else torch.ones_like(self.column_scale)
@@ -236,36 +266,6 @@ class Crossbar:
         """Current (units of v_read g_max) of one ADC LSB (1 without quantization)."""
         tile = self.config.tile
         return tile.adc_full_scale / tile.adc_steps if self.config.effects.quantization else 1.0
-
-    def _ir_drop_factor(self, g_us: torch.Tensor) -> torch.Tensor:
-        """First-order IR drop: each device's effective conductance is reduced by the voltage lost on the lines.
-
-        Word line i is driven from column 0; the current of every device beyond column c crosses the wire
-        segments before c, so the voltage at (i, c) drops by ``r * sum_c' G_ic' min(c, c')`` per volt.
-        Bit line j is held at virtual ground after the last row; its node at row k rises by
-        ``r * sum_m G_mj x_m (rows + 1 - max(k, m))``, which takes from input m the current
-        ``r * G_mj * sum_k G_kj (rows + 1 - max(k, m))``. Both are linear in the inputs (currents at ideal
-        voltages), so they become a conductance factor computed once per read time with cumulative sums.
-        """
-        grid = self.grid
-        r = self.config.tile.wire_resistance_ohm
-        g = g_us * SIEMENS_PER_US  # (2, P*R, rows, C*cols)
-        tiles = g.view(2, g.shape[1], grid.rows, grid.col_blocks, grid.cols)
-        # word line: G+ and G- of a column sit side by side on the row
-        pair = tiles.sum(dim=0)  # (P*R, rows, C, cols)
-        col_index = torch.arange(1, grid.cols + 1, device=g.device, dtype=g.dtype)
-        weighted = torch.cumsum(pair * col_index, dim=-1)
-        beyond = pair.sum(dim=-1, keepdim=True) - torch.cumsum(pair, dim=-1)
-        word_drop = r * (weighted + col_index * beyond)  # (P*R, rows, C, cols)
-        # bit line: each device column of each tile separately
-        n = grid.rows
-        row_index = torch.arange(1, n + 1, device=g.device, dtype=g.dtype).view(1, 1, n, 1, 1)
-        upstream = torch.cumsum(tiles, dim=2)
-        far = tiles * (n + 1 - row_index)
-        downstream = far.sum(dim=2, keepdim=True) - torch.cumsum(far, dim=2)
-        bit_drop = r * ((n + 1 - row_index) * upstream + downstream)  # (2, P*R, rows, C, cols)
-        factor = (1.0 - word_drop.unsqueeze(0) - bit_drop).clamp(min=0.0)
-        return factor.view_as(g)
 
     def _compensation(self, g_diff: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Global drift compensation per tile: read random +-1 reference vectors, compare the mean absolute output
@@ -341,10 +341,3 @@ class Crossbar:
         g_rows = state.g_sum_rows[:, : grid.inputs].unsqueeze(-1)  # (P, K, 1)
         duty_conductance_s = float(torch.bmm(codes.abs(), g_rows).sum()) * self._dac_step()
         return read_counters(self.config, grid.stack, batch, grid.inputs, grid.outputs, grid.row_blocks, grid.col_blocks, duty_conductance_s, clipped, saturated)
-
-
-def tiles_needed(stack: int, inputs: int, outputs: int, config: CrossbarConfig) -> int:
-    """Tiles a (stack, inputs, outputs) weight needs on this tile size."""
-    return TileGrid(stack, inputs, outputs, config.tile.rows, config.tile.cols).tiles
-
-

@@ -3,7 +3,9 @@
 ``hal.device("photonic:0")`` is the device; ``convert(model)`` swaps a model's ``nn.Linear`` layers for
 ``PhotonicLinear`` layers that run on it. The physics lives in ``decompose`` (unitary <-> phases),
 ``mesh`` (programmed meshes, column-vectorised simulation), ``imperfections`` (parameters and sources),
-``processor`` (SVD onto meshes and attenuators, tiling), ``readout`` (detection, noise, ADC) and ``energy``.
+``processor`` (SVD onto meshes and attenuators, tiling), ``readout`` (detection, noise, ADC), ``energy`` (costs
+and the loss-limited mesh size) and ``accuracy`` (the expected error derived from the configuration);
+``capabilities`` says what the device declares.
 """
 
 from hal.drivers.photonic.driver import PhotonicDevice, PhotonicProgram

@@ -63,6 +63,13 @@ class MeshPhases:
         return int(self.modes.size)
 
 
+def layout_depth(n: int, layout: str) -> int:
+    """Columns of MZIs in an ``n``-mode mesh: n for a Clements rectangle, 2n - 3 for a Reck triangle."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown mesh layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    return n if layout == "clements" else 2 * n - 3
+
+
 def mzi_matrix(theta: np.ndarray | float, phi: np.ndarray | float) -> np.ndarray:
     """The ideal 2x2 MZI transfer matrix T(theta, phi); broadcasts to shape (..., 2, 2)."""
     theta = np.asarray(theta, dtype=np.float64)

@@ -1,6 +1,6 @@
 """PhotonicDevice: an emulated programmable photonic matrix processor of Mach-Zehnder meshes.
 
-``photonic:0`` is an N-port (``?N=64``) processor in the architecture of Shen et al. (Nat. Photonics 11,
+``photonic:0`` is an N-port (``?N=32``) processor in the architecture of Shen et al. (Nat. Photonics 11,
 441 (2017)): a weight W = U diag(s) V* is set as phases on a mesh for V*, a column of MZI attenuators for
 diag(s) and a mesh for U (``processor.PhotonicMatrix``); meshes are Clements rectangles (``?mesh=reck`` for
 Reck triangles). ``prepare`` *programs* the phases; a call streams input vectors through modulators, the
@@ -17,6 +17,13 @@ Switches: ``?phase_bits=12`` (0: continuous), ``crosstalk``, ``fabrication``, ``
 ``dispersion``, ``?adc_bits=8`` (0: none), ``?snr_db=50``, ``?ideal=1`` (all off). ``?seed=`` fixes the
 chip's coupler errors and the noise stream; ``manual_seed`` restarts the noise stream. ``?compute=cuda``
 runs the simulation on the GPU.
+
+The mesh size is bounded by physics: an input waveguide carries at most ``EnergyConfig.max_input_power_w``, and
+the light that reaches a detector after the processor's insertion loss must still carry the power the required
+SNR needs; a larger ``?N=`` raises ``CapacityExceeded`` naming the limit. The declared tolerance is derived from
+the configuration (``accuracy.py``: mesh transfer matrices, SNR, ADC bits), never measured on the device's own
+output; a configuration whose tolerance would exceed ``TOLERANCE_LIMIT`` is refused, naming the option at fault.
+A product with an empty dimension touches no mesh and returns what the CPU returns.
 """
 
 from __future__ import annotations
@@ -29,29 +36,41 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from hal.capability import Capabilities, Figure, OpSupport, Paradigm
-from hal.capability.photonic import MeshLayout, PhotonicSection, Readout
+from hal.capability import Capabilities, Figure, Paradigm
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, bounded_int, choice, parse_bool
-from hal.drivers.photonic.energy import EnergyConfig, call_cost
-from hal.drivers.photonic.imperfections import PhotonicConfig, db_to_amplitude
+from hal.drivers.photonic.accuracy import AccuracyModel, ErrorBudget
+from hal.drivers.photonic.capabilities import DTYPES, build_capabilities, heater_count
+from hal.drivers.photonic.decompose import layout_depth
+from hal.drivers.photonic.energy import EnergyConfig, call_cost, loss_budget_db, loss_limited_ports, mesh_loss_db
+from hal.drivers.photonic.imperfections import PhotonicConfig
 from hal.drivers.photonic.processor import Fabrication, PhotonicMatrix
 from hal.drivers.photonic.readout import Receiver
-from hal.errors import DeviceUnavailable, InvalidInput
+from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput
+from hal.programs import ResidentProgram
 
-DTYPES = ("float32", "float64")
 COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-#: Declared tolerance = margin * worst measured relative error + a rounding floor per dtype.
+#: Declared tolerance = margin x the expected error of the reference weights + a rounding floor per dtype. The
+#: margin covers the spread over random operands and the budget's approximations (docs/photonic.md).
 TOLERANCE_MARGIN = 2.0
 TOLERANCE_FLOOR = {"float32": 2e-5, "float64": 1e-11}
-#: Input vectors used to measure a program's error at programming time (private noise stream).
-PROBE_VECTORS = 64
-SHEN = "Shen et al., Nat. Photonics 11, 441 (2017): SVD onto two MZI meshes and an attenuator column"
+#: The largest tolerance the device declares; a configuration that would need more is refused.
+TOLERANCE_LIMIT = Figure.assumed(
+    0.5, "1", "above half the signal (6 dB signal-to-error) a photonic product computes noise; the conformance kit's ceiling for photonic devices"
+)
+#: Largest mesh the ?N= option accepts (the loss-limited size is usually far below it).
+MAX_PORTS = 512
+#: The option to change when an effect dominates an unusable configuration.
+REMEDIES = {
+    "mesh": "raise ?phase_bits=, pass ?balanced_loss=1, or use a smaller ?N=",
+    "detector_noise": "raise ?snr_db=",
+    "adc": "raise ?adc_bits=",
+}
 
 
 def _ports(text: str) -> int:
     value = int(text)
-    if not 2 <= value <= 512:
-        raise ValueError("must be between 2 and 512 ports")
+    if not 2 <= value <= MAX_PORTS:
+        raise ValueError(f"must be between 2 and {MAX_PORTS} ports")
     return value
 
 
@@ -69,15 +88,16 @@ def _snr(text: str) -> float:
     return value
 
 
-class PhotonicProgram(Program):
-    """Phases written to the processor for one op; ``matrix`` is the programmed weight (None for matmul, whose b comes per call).
+class PhotonicProgram(ResidentProgram):
+    """Phases written to the processor for one op; ``matrix`` is the programmed weight (None for matmul, whose b
+    comes per call, and for an empty weight). It keeps the weight it was programmed from (``resident``).
 
     ``scale`` lists, per tile, the factor s_max by which the optics' W / s_max is multiplied back after
-    detection; ``stats`` also counts clipped ADC readings and holds the measured matrix error.
+    detection; ``stats`` also counts clipped ADC readings and holds the matrix error of the programmed meshes.
     """
 
-    def __init__(self, op: OpSpec, device: PhotonicDevice, cost: Cost, run: Callable[..., Any], matrix: PhotonicMatrix | None):
-        super().__init__(op, device, cost, run)
+    def __init__(self, op: OpSpec, device: PhotonicDevice, cost: Cost, run: Callable[..., Any], matrix: PhotonicMatrix | None, params: dict[str, torch.Tensor]):
+        super().__init__(op, device, cost, run, params)
         self.matrix = matrix
 
     @property
@@ -95,7 +115,7 @@ class PhotonicDevice(Device):
     kind = "photonic"
     refuses_nonfinite = True
     OPTIONS: ClassVar[dict[str, Option]] = {
-        "N": Option(_ports, 64, "the mesh size in ports (2..512)"),
+        "N": Option(_ports, 32, f"the mesh size in ports (2..{MAX_PORTS}, and at most the loss-limited size the capabilities give)"),
         "mesh": Option(choice({"clements": "clements", "reck": "reck"}), "clements", "the mesh layout: clements (rectangular) or reck (triangular)"),
         "detection": Option(choice({"coherent": "coherent", "intensity": "intensity"}), "coherent", "coherent (signed amplitudes) or intensity (|E|^2) detection"),
         "phase_bits": Option(_bits, 12, "phase-shifter DAC bits (0: continuous phases)"),
@@ -113,9 +133,6 @@ class PhotonicDevice(Device):
         "seed": Option(int, 0, "seed of the chip's fabrication errors and of the detector noise stream"),
         "compute": Option(choice({"cpu": "cpu", "cuda": "cuda"}), "cpu", "where the simulation runs: cpu or cuda"),
     }
-    #: Measured declared tolerances per configuration (measuring builds a few programs; reopened devices reuse it).
-    _measured: ClassVar[dict[tuple, dict[str, float]]] = {}
-
     def __init__(self, uri):
         super().__init__(uri)
         if not isinstance(self.index, int):
@@ -129,10 +146,42 @@ class PhotonicDevice(Device):
         self.config = self._config()
         self.energy = EnergyConfig()
         self.receiver = Receiver(self.config.detector, self.config.noise_on)
+        self.max_ports = loss_limited_ports(self.layout, self.receiver.signal_power_w, self.config, self.energy, MAX_PORTS)
+        if self.ports > self.max_ports:
+            raise CapacityExceeded(self._mesh_size_problem(), needed=self.ports, available=self.max_ports)
         self.fabrication = Fabrication.draw(self.ports, self.config.coupler.splitting_error_rad, self.options["seed"])
         self._noise = torch.Generator(device=self.torch_device).manual_seed(self.options["seed"])
         self._last_cost = None
-        self._clipped = 0
+        self.accuracy = AccuracyModel(self.receiver)
+        self.worst_error = self._reference_budget()
+        self.declared_tolerance = {name: TOLERANCE_MARGIN * self.worst_error.error + TOLERANCE_FLOOR[name] for name in DTYPES}
+        if max(self.declared_tolerance.values()) > TOLERANCE_LIMIT.value:
+            worst = self.worst_error
+            raise InvalidInput(
+                f"{self.uri}: this configuration's expected relative error is {worst.error:.2f} (largest effect: {worst.largest()}, "
+                f"{math.sqrt(worst.terms[worst.largest()]):.2f}), so its tolerance would be {max(self.declared_tolerance.values()):.2f}, above the "
+                f"{TOLERANCE_LIMIT.value} at which a photonic product computes noise; {REMEDIES[worst.largest()]}"
+            )
+
+    def _mesh_size_problem(self) -> str:
+        loss = mesh_loss_db(self.ports, self.layout, self.config)
+        budget = loss_budget_db(self.receiver.signal_power_w, self.energy)
+        return (
+            f"{self.uri}: a {self.ports}-port {self.layout} processor loses {loss:.1f} dB on its optical path, but an input port carries at most "
+            f"{self.energy.max_input_power_w * 1e3:g} mW and a detector needs {self.receiver.signal_power_w * 1e6:.3g} uW for "
+            f"{self.config.detector.snr_db:g} dB SNR, a {budget:.1f} dB budget: the largest mesh is N={self.max_ports}. "
+            f"Pass ?N={self.max_ports} or less (larger weights are tiled), a lower ?snr_db=, or ?mesh=clements (shallower than reck)"
+        )
+
+    def _reference_budget(self) -> ErrorBudget:
+        """The worse expected error of a Gaussian N x N and a Gaussian 8 x 16 weight programmed on this chip."""
+        rng = np.random.default_rng(1234)
+        budgets = []
+        for rows, cols in ((self.ports, self.ports), (min(8, self.ports), min(16, self.ports))):
+            weight = rng.standard_normal((rows, cols))
+            matrix = PhotonicMatrix(weight, self.ports, self.layout, self.config, self.fabrication, torch.complex128, self.torch_device)
+            budgets.append(self.accuracy.budget(matrix))
+        return max(budgets, key=lambda b: b.error)
 
     def _config(self) -> PhotonicConfig:
         o = self.options
@@ -177,134 +226,12 @@ class PhotonicDevice(Device):
         ]
 
     # ---- capabilities
-    def _ops(self) -> tuple[str, ...]:
+    def declared_ops(self) -> tuple[str, ...]:
         return ("intensity_linear",) if self.config.detector.detection == "intensity" else ("linear", "matmul")
 
     def _build_capabilities(self) -> Capabilities:
-        tolerance = self._tolerance()
-        limits = {"mesh_ports": self.ports, "max_tiles": self.options["max_tiles"]}
-        notes = {
-            "linear": "weight programmed once as mesh phases; bias added and relu applied electronically after the ADC",
-            "matmul": "b is written to the meshes on every call (heater settling charged per call); b must be 2-D",
-            "intensity_linear": "x -> |W x|^2 per output (square-law detection); one tile (weights up to N x N)",
-        }
-        ops = {name: OpSupport(DTYPES, tolerance, limits, notes[name]) for name in self._ops()}
-        return Capabilities(
-            uri=str(self.uri),
-            kind=self.kind,
-            paradigm=Paradigm.PHOTONIC,
-            simulated=True,
-            identity={"name": "emulated MZI-mesh photonic processor", "architecture": SHEN, "layout": self.layout, "compute": str(self.torch_device), "torch": torch.__version__},
-            ops=ops,
-            deterministic=not self.config.noise_on,
-            memory_bytes=None,
-            peak={"mac_per_s": self._peak_macs()},
-            energy=self._energy_figures(),
-            sections={"photonic": self._section(tolerance)},
-            notes=[
-                "NaN/inf inputs and weights are refused (they cannot be encoded on modulators or heaters).",
-                "Each weight's largest singular value is mapped to full attenuator transmission; the scale is multiplied back after detection and reported in Program.scale / Program.stats.",
-                "Weights larger than N x N are cut into N x N tiles, programmed one after another per call; partial results are summed after detection.",
-                "Inputs are encoded per vector (x / max|x|) and rescaled digitally; the readout's one-scalar gain/phase calibration per wavelength removes the mesh's common loss and phase only.",
-            ],
-        )
-
-    def _peak_macs(self) -> Figure:
-        c = self.config
-        value = self.ports**2 * c.detector.sample_rate_hz * c.wdm.channels
-        return Figure.derived(value, "MAC/s", "ports^2 * sample_rate * wavelength channels", f"{self.ports}^2 x {c.detector.sample_rate_hz:.3g} S/s x {c.wdm.channels}")
-
-    def _energy_figures(self) -> dict[str, Figure]:
-        e, p = self.energy, self.config.phase
-        return {
-            "heater_p_pi_w": Figure.paper(p.p_pi_w, "W", "Harris et al., Opt. Express 22, 10487 (2014)", "holding power per pi of phase"),
-            "modulator_j_per_sample": Figure.paper(e.modulator_energy_j, "J", "Baehr-Jones et al., Opt. Express 20, 12014 (2012), 200 fJ/bit"),
-            "receiver_j_per_sample": Figure.paper(e.receiver_energy_j, "J", "Kim et al., IEEE JSSC 55 (2020), coherent receiver 450 fJ/bit"),
-            "adc_j_per_conversion": Figure.derived(e.adc_fom_j_per_step * 2 ** (self.config.detector.adc_bits or 8), "J", "Walden FOM 50 fJ/step (Murmann ADC survey) * 2^adc_bits"),
-            "laser_wall_plug_efficiency": Figure.paper(e.laser_wall_plug_efficiency, "1", "Srinivasan et al., IEEE Micro 33(1), 22 (2013), hybrid-silicon DFB order of magnitude"),
-        }
-
-    def _section(self, tolerance: dict[str, float]) -> PhotonicSection:
-        c, n = self.config, self.ports
-        depth = n if self.layout == "clements" else 2 * n - 3
-        mzis = n * (n - 1) // 2
-        d = c.detector
-        settle = c.phase.settle_time_s
-        propagation = (2 * depth + 1) * self.energy.column_length_m * self.energy.group_index / 299_792_458.0
-        return PhotonicSection(
-            architecture=SHEN,
-            mesh=MeshLayout(ports=n, layout=self.layout, mzis=mzis, depth_columns=depth, phase_shifters=2 * mzis + n),
-            meshes=2,
-            wavelength_channels=Figure.paper(c.wdm.channels, "channels", "ITU-T G.694.1 100 GHz grid; Feldmann et al., Nature 589, 52 (2021)", f"spacing {c.wdm.spacing_nm} nm around {c.wdm.center_nm} nm"),
-            readout=Readout(
-                detection=d.detection,
-                adc_bits=d.adc_bits,
-                phase_dac_bits=c.phase.dac_bits if c.quantisation_on else None,
-                snr_db=Figure.derived(d.snr_db, "dB", "required amplitude SNR at a detector for a full-scale output (option snr_db)"),
-                signal_power_per_port=Figure.derived(self.receiver.signal_power_w, "W", "(2 q R P_LO B + i_n^2 B) / (4 R^2 P_LO sigma^2), sigma = 10^(-snr_db/20)" if d.detection == "coherent" else "root of sigma^2 (R P)^2 = 2 q R B P + i_n^2 B"),
-                responsivity=Figure.paper(d.responsivity_a_per_w, "A/W", "Colace et al., Appl. Phys. Lett. 91, 021107 (2007), Ge on SOI at 1550 nm"),
-                tia_noise_density=Figure.paper(d.tia_noise_a_per_rthz, "A/sqrt(Hz)", "Saeckinger, Broadband Circuits for Optical Fiber Communication (2005): 1.4 uA rms over ~7.5 GHz"),
-                sample_rate=Figure.paper(d.sample_rate_hz, "S/s", "10 Gb/s modulator/receiver class (Baehr-Jones 2012; Kim et al. 2020)"),
-            ),
-            max_tiles=self.options["max_tiles"],
-            nonidealities={
-                "phase_quantisation": c.quantisation_on,
-                "thermal_crosstalk": c.crosstalk_on,
-                "coupler_error": c.fabrication_on,
-                "insertion_loss": c.loss_on,
-                "detector_noise": c.noise_on,
-                "dispersion": c.dispersion_on,
-                "adc_quantisation": d.adc_bits is not None,
-            },
-            physics={
-                "p_pi": Figure.paper(c.phase.p_pi_w, "W", "Harris et al., Opt. Express 22, 10487 (2014)"),
-                "heater_crosstalk": Figure.paper(c.phase.crosstalk, "1", "Milanizadeh et al., J. Lightwave Technol. 37, 1325 (2019)", "nearest-neighbour coupling before compensation"),
-                "heater_crosstalk_residual": Figure.paper(c.phase.crosstalk_residual, "1", "Milanizadeh et al. 2019 (pre-compensation); 5 % calibration residual assumed"),
-                "coupler_splitting_error": Figure.paper(c.coupler.splitting_error_rad, "rad", "Bandyopadhyay et al., Optica 8, 1247 (2021)", "std of the coupler angle around pi/4"),
-                "mzi_loss": Figure.paper(c.loss.mzi_loss_db, "dB", "Harris et al. 2014: 0.23 dB heater plus couplers"),
-                "crossing_loss": Figure.paper(c.loss.crossing_loss_db, "dB", "Bogaerts et al., Laser Photon. Rev. 6, 47 (2012): 2 dB/cm over a 150 um column"),
-                "heater_settle_time": Figure.derived(settle, "s", "5 / (2 pi * 130 kHz thermal bandwidth, Harris et al. 2014)"),
-                "propagation_latency": Figure.derived(propagation, "s", "(2 * depth + 1) columns * 150 um * group index 4.2 / c"),
-                "mesh_power_transmission": Figure.derived(self._nominal_transmission(), "1", "10^(-(2 * depth + 1) * mzi_loss_db / 10)"),
-                **{f"matrix_error_{k}": Figure.measured(v / TOLERANCE_MARGIN, "1", "relative Frobenius error of an N x N and a 8 x 16 weight on random inputs, worst of the two") for k, v in tolerance.items()},
-            },
-        )
-
-    def _nominal_transmission(self) -> float:
-        if not self.config.loss_on:
-            return 1.0
-        depth = self.ports if self.layout == "clements" else 2 * self.ports - 3
-        return db_to_amplitude(self.config.loss.mzi_loss_db * (2 * depth + 1)) ** 2
-
-    def _tolerance(self) -> dict[str, float]:
-        """Measure this configuration's error on a full N x N weight and a small one; declare a margin over it."""
-        key = (tuple(sorted(self.options.items())),)
-        if key not in self._measured:
-            measured = {}
-            rng = np.random.default_rng(1234)
-            for dtype_name in DTYPES:
-                dtype = getattr(torch, dtype_name)
-                worst = 0.0
-                for rows, cols in ((self.ports, self.ports), (min(8, self.ports), min(16, self.ports))):
-                    weight = rng.standard_normal((rows, cols))
-                    matrix = PhotonicMatrix(weight, self.ports, self.layout, self.config, self.fabrication, COMPLEX[dtype], self.torch_device)
-                    worst = max(worst, self._probe_error(matrix, weight, dtype))
-                measured[dtype_name] = TOLERANCE_MARGIN * worst + TOLERANCE_FLOOR[dtype_name]
-            self._measured[key] = measured
-        return dict(self._measured[key])
-
-    def _probe_error(self, matrix: PhotonicMatrix, weight: np.ndarray, dtype: torch.dtype) -> float:
-        """Relative Frobenius error of ``matrix`` on random inputs, with a private noise stream (stats left untouched)."""
-        generator = torch.Generator().manual_seed(99)
-        x = torch.randn(PROBE_VECTORS, weight.shape[1], generator=generator, dtype=torch.float64)
-        noise = torch.Generator(device=self.torch_device).manual_seed(99)
-        saved = (matrix.stats.clipped_readings, matrix.stats.readings)
-        out = matrix.apply(x.to(dtype), noise).to(torch.float64).cpu()
-        matrix.stats.clipped_readings, matrix.stats.readings = saved
-        ref = x @ torch.as_tensor(weight, dtype=torch.float64).T
-        if self.config.detector.detection == "intensity":
-            ref = ref**2
-        return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-300))
+        formula = f"{TOLERANCE_MARGIN:g} x expected_error + a rounding floor (float32 {TOLERANCE_FLOOR['float32']:g}, float64 {TOLERANCE_FLOOR['float64']:g})"
+        return build_capabilities(self, self.worst_error, dict(self.declared_tolerance), formula, TOLERANCE_LIMIT)
 
     # ---- support and estimates
     def _weight_shape(self, op: OpSpec) -> tuple[int, int]:
@@ -348,15 +275,17 @@ class PhotonicDevice(Device):
         return None
 
     def estimate(self, op: OpSpec) -> Cost:
-        """Latency/energy from the cost model with average heater phases (pi each); error = this configuration's measured error."""
+        """Latency/energy from the cost model with average heater phases (pi each); error = this configuration's
+        derived expected error (of the reference weights: the op's own weight is not known before programming)."""
         rows, cols = self._weight_shape(op)
-        rows, cols = rows or 1, cols or 1
+        rows, cols = (1 if rows is None else rows), (1 if cols is None else cols)
+        if rows == 0 or cols == 0:
+            return Cost(0.0, 0.0, 0.0, "empty product: nothing is programmed or read, the result is exact")
         batch = _batch(op)
         n = self.ports
         row_tiles, col_tiles = math.ceil(rows / n), math.ceil(cols / n)
         tiles = row_tiles * col_tiles
-        depth = n if self.layout == "clements" else 2 * n - 3
-        heaters = 2 * n * n + 2 * n  # per mesh n(n-1)/2 MZIs x (theta, phi) + n output phases; n attenuators x (theta, phi)
+        depth = layout_depth(n, self.layout)
         cost = call_cost(
             batch=batch,
             inputs=tiles * min(cols, n),
@@ -364,15 +293,13 @@ class PhotonicDevice(Device):
             tiles=tiles,
             programmings=(tiles if op.name == "matmul" or tiles > 1 else 0),
             depth_columns=2 * depth + 1,
-            heater_phase_sum_rad=heaters * math.pi,
+            heater_phase_sum_rad=heater_count(n) * math.pi,
             signal_power_w=self.receiver.signal_power_w,
-            transmission=self._nominal_transmission(),
+            transmission=10 ** (-mesh_loss_db(n, self.layout, self.config) / 10),
             config=self.config,
             energy=self.energy,
         )
-        dtype = op.inputs[0].dtype if op.inputs else torch.float32
-        error = self._tolerance().get(str(dtype).removeprefix("torch."), max(self._tolerance().values())) / TOLERANCE_MARGIN
-        return Cost(cost.latency_s, cost.energy_j, error, cost.formula() + "; error = measured on random weights for this configuration")
+        return Cost(cost.latency_s, cost.energy_j, self.worst_error.error, cost.formula() + "; error = derived expected error of this configuration (accuracy.FORMULA)")
 
     # ---- programs
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
@@ -380,14 +307,15 @@ class PhotonicDevice(Device):
         if op.name == "matmul":
             return self._compile_matmul(op, dtype)
         weight = params["weight"].detach().to("cpu", torch.float64).numpy()
-        matrix = PhotonicMatrix(weight, self.ports, self.layout, self.config, self.fabrication, COMPLEX[dtype], self.torch_device)
         bias = params.get("bias")
         bias = bias.detach().to(self.torch_device) if bias is not None else None
         relu = op.attr("activation") == "relu"
-        error = self._probe_error(matrix, weight, dtype)
+        if weight.size == 0:
+            return self._compile_empty(op, weight.shape[0], bias, relu, params)
+        matrix = PhotonicMatrix(weight, self.ports, self.layout, self.config, self.fabrication, COMPLEX[dtype], self.torch_device)
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            flat = x.reshape(-1, x.shape[-1])
+            flat = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
             y = matrix.apply(flat, self._noise)
             y = y.reshape(*x.shape[:-1], y.shape[-1])
             if bias is not None:
@@ -396,20 +324,34 @@ class PhotonicDevice(Device):
 
         cost = matrix.cost(_batch(op), matrix.tile_count if matrix.tile_count > 1 else 0, self.energy)
         self._last_cost = cost
-        return PhotonicProgram(op, self, Cost(cost.latency_s, cost.energy_j, error, cost.formula() + f"; error measured on {PROBE_VECTORS} random inputs at programming"), run, matrix)
+        budget = self.accuracy.budget(matrix)
+        return PhotonicProgram(op, self, Cost(cost.latency_s, cost.energy_j, budget.error, cost.formula() + "; error derived from this weight's programmed meshes (accuracy.FORMULA)"), run, matrix, params)
+
+    def _compile_empty(self, op: OpSpec, rows: int, bias: torch.Tensor | None, relu: bool, params: dict[str, torch.Tensor]) -> Program:
+        """A weight with no rows or no columns: nothing to program; the product is zeros (plus the bias), as on the CPU."""
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            y = torch.zeros(*x.shape[:-1], rows, dtype=x.dtype, device=x.device)
+            if bias is not None:
+                y = y + bias
+            return torch.relu(y) if relu else y
+
+        return PhotonicProgram(op, self, self.estimate(op), run, None, params)
 
     def _compile_matmul(self, op: OpSpec, dtype: torch.dtype) -> Program:
         program: PhotonicProgram
 
         def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            if b.numel() == 0 or a.numel() == 0:
+                return torch.zeros(*a.shape[:-1], b.shape[-1], dtype=a.dtype, device=a.device)
             weight = b.detach().to("cpu", torch.float64).numpy().T
             matrix = PhotonicMatrix(weight, self.ports, self.layout, self.config, self.fabrication, COMPLEX[dtype], self.torch_device)
             program.matrix = matrix
-            flat = a.reshape(-1, a.shape[-1])
+            flat = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
             y = matrix.apply(flat, self._noise)
             return y.reshape(*a.shape[:-1], y.shape[-1])
 
-        program = PhotonicProgram(op, self, self.estimate(op), run, None)
+        program = PhotonicProgram(op, self, self.estimate(op), run, None, {})
         return program
 
     # ---- lifecycle
@@ -431,4 +373,4 @@ class PhotonicDevice(Device):
 def _batch(op: OpSpec) -> int:
     """Vectors per call: the product of the leading dimensions of the streamed input (open ones count 1)."""
     shape = op.inputs[0].shape[:-1] if op.inputs else ()
-    return math.prod(s or 1 for s in shape) if shape else 1
+    return math.prod(1 if s is None else s for s in shape) if shape else 1

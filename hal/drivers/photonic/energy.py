@@ -5,6 +5,9 @@ Power drawn while a matrix is held and light flows:
   * lasers: per wavelength, the signal power each input port needs so that a full-amplitude output
     reaches the required SNR at its detector (``Receiver.signal_power_w``), divided by the calibrated
     mesh power transmission, plus the LO power of every detector, all divided by the wall-plug efficiency.
+    That input power is bounded: one silicon waveguide carries at most ``max_input_power_w`` before two-photon
+    and free-carrier absorption add loss, so the mesh's insertion loss limits its size (``loss_limited_ports``):
+    beyond it no laser can make the output reach the detector's required power, and the device refuses it.
 Energy per sample: a modulator per input, a coherent receiver and an ADC conversion per output.
 Latency: samples stream at the sample rate, ``channels`` at a time (one per wavelength); light crosses
 the chip's optical path (columns x column length x group index / c); a tiled or call-time matrix
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hal.drivers.photonic.decompose import layout_depth
 from hal.drivers.photonic.imperfections import SPEED_OF_LIGHT_M_S, PhotonicConfig
 
 
@@ -37,6 +41,10 @@ class EnergyConfig:
       33(1), 22 (2013)).
     - ``column_length_m``: 150 um per MZI column (two couplers and a 61.6 um heater, Harris et al. 2014).
     - ``group_index``: 4.2, silicon strip waveguide at 1550 nm (Bogaerts et al., Laser Photon. Rev. 6, 47 (2012)).
+    - ``max_input_power_w``: 100 mW of optical power per input waveguide, an assumed bound: at that power silicon's
+      two-photon absorption (beta about 0.8 cm/GW) and the free-carrier absorption it causes add loss comparable to
+      the waveguide's linear loss in sub-um^2 strip waveguides (Leuthold, Koos and Freude, "Nonlinear silicon
+      photonics", Nat. Photonics 4, 535 (2010)).
     """
 
     modulator_energy_j: float = 200e-15
@@ -45,6 +53,7 @@ class EnergyConfig:
     laser_wall_plug_efficiency: float = 0.1
     column_length_m: float = 150e-6
     group_index: float = 4.2
+    max_input_power_w: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,9 @@ def heater_power_w(phases_rad: float, config: PhotonicConfig) -> float:
 
 def laser_power_w(inputs: int, outputs: int, signal_power_w: float, transmission: float, config: PhotonicConfig, energy: EnergyConfig) -> float:
     """Electrical laser power: per wavelength, inputs x signal / transmission + outputs x LO power, over the wall-plug efficiency."""
-    optical = inputs * signal_power_w / max(transmission, 1e-12)
+    if not transmission > 0:
+        raise ValueError(f"mesh power transmission {transmission!r} must be > 0: no laser power brings a signal through a mesh that passes no light")
+    optical = inputs * signal_power_w / transmission
     if config.detector.detection == "coherent":
         optical += outputs * config.detector.lo_power_w
     return config.wdm.channels * optical / energy.laser_wall_plug_efficiency
@@ -107,3 +118,26 @@ def call_cost(
     per_sample = inputs * energy.modulator_energy_j + outputs * (energy.receiver_energy_j + adc)
     total = (heaters + lasers) * latency + max(batch, 1) * per_sample
     return CallCost(latency, total, heaters, lasers, per_sample, propagation, streaming, settling)
+
+
+def mesh_loss_db(n: int, layout: str, config: PhotonicConfig) -> float:
+    """Insertion loss of the processor's optical path (V* mesh, attenuator column, U mesh): every column an MZI."""
+    if not config.loss_on:
+        return 0.0
+    return (2 * layout_depth(n, layout) + 1) * config.loss.mzi_loss_db
+
+
+def loss_budget_db(signal_power_w: float, energy: EnergyConfig) -> float:
+    """The loss an input port can afford: 10 log10(max input power / the signal power a detector needs)."""
+    return 10 * math.log10(energy.max_input_power_w / signal_power_w)
+
+
+def loss_limited_ports(layout: str, signal_power_w: float, config: PhotonicConfig, energy: EnergyConfig, largest: int) -> int:
+    """The largest N (at most ``largest``) whose mesh loss stays within the loss budget; 0 if not even N = 2 does.
+
+    The output of an N-port processor driven at ``max_input_power_w`` per port carries
+    ``max_input_power_w * 10^(-mesh_loss_db(N) / 10)``; the detector needs ``signal_power_w`` for the required SNR.
+    """
+    budget = loss_budget_db(signal_power_w, energy)
+    fitting = [n for n in range(2, largest + 1) if mesh_loss_db(n, layout, config) <= budget]
+    return max(fitting, default=0)

@@ -2,7 +2,8 @@
 
 A ``PhotonicLinear`` is an ``nn.Linear`` whose ``eval()`` forward pass runs through a Program of the photonic
 device (``hal.device(uri).prepare(OpSpec("linear", ...))``, the public contract only): its weight is written
-to the meshes once and rewritten only when it changes or the Program is invalidated. In ``train()`` mode the
+to the meshes once and rewritten only when it changes (in place, by ``.data =``, or a new parameter) or the
+Program is invalidated (``hal.programs.Reprogrammer``). In ``train()`` mode the
 layer is the digital ``nn.Linear`` (the optics have no backward pass); train, then ``eval()`` to deploy.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from hal import registry
 from hal.device import OpSpec, Program, TensorSpec
+from hal.programs import Reprogrammer
 
 
 class PhotonicLinear(nn.Linear):
@@ -25,29 +27,23 @@ class PhotonicLinear(nn.Linear):
         super().__init__(in_features, out_features, bias)
         self.device_uri = device_uri
         self.activation = activation
-        self._program: Program | None = None
-        self._programmed_key: tuple | None = None
-
-    def _key(self) -> tuple:
-        bias = self.bias
-        return (self.weight.data_ptr(), self.weight._version, None if bias is None else (bias.data_ptr(), bias._version))
+        self._resident = Reprogrammer()
 
     def photonic_program(self) -> Program:
         """The Program holding this layer's weight as mesh phases (programmed now if the weight changed)."""
-        if self._program is None or not self._program.valid or self._programmed_key != self._key():
-            device = registry.open_device(self.device_uri)
-            params = {"weight": self.weight.detach().float(), "bias": None if self.bias is None else self.bias.detach().float()}
-            specs = {k: None if v is None else TensorSpec(tuple(v.shape)) for k, v in params.items()}
-            op = OpSpec("linear", [TensorSpec((None, self.in_features))], specs, {"activation": self.activation})
-            self._program = device.prepare(op, params)
-            self._programmed_key = self._key()
-        return self._program
+        return self._resident.program({"weight": self.weight, "bias": self.bias}, self._prepare)
+
+    def _prepare(self, params) -> Program:
+        dtype = self.weight.dtype
+        specs = {k: None if v is None else TensorSpec(tuple(v.shape), dtype) for k, v in params.items()}
+        op = OpSpec("linear", [TensorSpec((None, self.in_features), dtype)], specs, {"activation": self.activation})
+        return registry.open_device(self.device_uri).prepare(op, params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             y = F.linear(x, self.weight, self.bias)
             return F.relu(y) if self.activation == "relu" else y
-        flat = x.reshape(-1, self.in_features).to(torch.float32)
+        flat = x.reshape(-1, self.in_features).to(self.weight.dtype)
         out = self.photonic_program()(flat)
         return out.reshape(*x.shape[:-1], self.out_features).to(device=x.device, dtype=x.dtype)
 

@@ -74,6 +74,8 @@ class Tile:
         self.rows, self.cols, self.n = rows, cols, n
         u, s, vh = np.linalg.svd(block)
         self.scale = float(s[0]) if s.size and s[0] > 0 else 1.0
+        self.normalised = torch.as_tensor(block / self.scale, dtype=torch.float64)
+        """The block the optics implement, W / s_max (real, on the host)."""
         u_full, v_full = np.eye(n, dtype=np.complex128), np.eye(n, dtype=np.complex128)
         u_full[:rows, :rows] = u
         v_full[:cols, :cols] = vh
