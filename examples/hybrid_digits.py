@@ -1,11 +1,13 @@
 """One small classifier, placed across whatever devices are here, by policy.
 
 Trains a 64-64-32-10 ReLU network on scikit-learn's bundled 8x8 digits (seeded, about a second),
-then for each policy plans it with hal.runtime (every available device: CPU, and the Loihi 2,
-memristor and photonic emulators when their drivers are present), prints the plan, runs it on the
-held-out digits and reports accuracy beside the float model. When the neuromorphic, analog and photonic
-devices are all present it also runs a "one layer per paradigm" placement (pins), the hybrid this
-example is named for.
+then for each policy plans it with hal.runtime over the real devices here (the CPU, GPUs) and the
+Loihi 2, memristor and photonic emulators, named explicitly: a plan leaves emulators out unless they
+are named or allow_simulated=True is passed. It prints the plan (which stages a device claimed as one
+Program), runs it on the held-out digits and reports accuracy beside the float model. When the
+neuromorphic, analog and photonic devices are all present it also runs a "one layer per paradigm"
+placement (pins), the hybrid this example is named for, and with Loihi 2 a placement of the two hidden
+layers on it, which it claims as one Program (spikes stay on the chip between the layers).
 
     python examples/hybrid_digits.py                      # all policies
     python examples/hybrid_digits.py --policy energy --plot plan.png
@@ -27,8 +29,12 @@ import hal.runtime
 
 SEED = 0
 EPOCHS = 150
+#: The emulators planned on beside the real hardware (named: a plan takes emulators only when asked).
+EMULATORS = ("loihi2:0", "memristor:0", "photonic:0")
 #: One layer per paradigm, used when all three devices are available (node names are the Sequential indices).
 HYBRID_PINS = {"0": "loihi2:0", "2": "memristor:0", "4": "photonic:0"}
+#: Both hidden layers (linear + relu) on Loihi 2: one stage, which the device claims as one spiking Program.
+SPIKING_PINS = {"0": "loihi2:0", "2": "loihi2:0"}
 
 
 def digits(seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,6 +68,12 @@ def build() -> tuple[nn.Module, tuple[torch.Tensor]]:
     """What `hal plan` loads: the trained model and the test inputs to plan for."""
     model, x_test, _ = train()
     return model, (x_test,)
+
+
+def devices_here(available: set[str]) -> list:
+    """The real devices a plan takes by default, and the emulators of EMULATORS that are available here."""
+    real, _ = hal.runtime.available_devices()
+    return [*real, *(uri for uri in EMULATORS if uri in available)]
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -101,17 +113,21 @@ def main(argv: list[str] | None = None) -> None:
 
     model, x_test, y_test = train()
     available = {info.uri for info in hal.devices()}
-    print(f"devices: {', '.join(sorted(available))}")
+    planned = devices_here(available)
+    print(f"planning on: {', '.join(sorted(str(d) for d in planned))}")
     rows = []
     for policy in [args.policy] if args.policy else list(hal.runtime.POLICIES):
         print(f"\n=== policy {policy} ===")
-        rows.append(run_placement(policy, model, x_test, y_test, args.plot, policy=policy))
+        rows.append(run_placement(policy, model, x_test, y_test, args.plot, policy=policy, devices=planned))
     if set(HYBRID_PINS.values()) <= available:
         print("\n=== one layer per paradigm (pins) ===")
-        rows.append(run_placement("hybrid", model, x_test, y_test, args.plot, policy=args.policy or "energy", pins=HYBRID_PINS))
+        rows.append(run_placement("hybrid", model, x_test, y_test, args.plot, policy=args.policy or "energy", pins=HYBRID_PINS, devices=planned))
     else:
         missing = sorted(set(HYBRID_PINS.values()) - available)
         print(f"\n(one-layer-per-paradigm placement skipped: {', '.join(missing)} not available here)")
+    if set(SPIKING_PINS.values()) <= available:
+        print("\n=== hidden layers on Loihi 2, claimed as one Program (pins) ===")
+        rows.append(run_placement("spiking", model, x_test, y_test, args.plot, policy=args.policy or "energy", pins=SPIKING_PINS, devices=planned))
 
     print(f"\n{'placement':10} {'accuracy':>9} {'float':>7} {'agree':>7} {'run s':>7}  devices")
     for r in rows:

@@ -3,9 +3,10 @@
 Jamba (Lieber et al., 2024) interleaves state-space (Mamba) layers with attention layers. This toy has
 the same structure at toy sizes (d_model 32, 4 heads, state 8, sequence 16), random weights (seeded),
 and shows how hal.runtime splits it: attention and selective_scan go wherever a device declares them
-(the CPU reference here, a GPU when present), projections may go to analog or photonic devices under
-the energy policy, reshapes stay on the host. For each policy it prints the plan and the relative
-error of the placed run against the float64 model.
+(the CPU reference here, a GPU when present), projections may go to the memristor or photonic
+emulators (named below: a plan takes emulators only when asked) under the energy policy, reshapes stay
+on the host. For each policy it prints the plan and the relative error of the placed run against the
+float64 model.
 
     python examples/hybrid_jamba.py [--policy energy] [--plot jamba.png]
     hal plan examples/hybrid_jamba.py --policy energy
@@ -20,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import hal
 import hal.runtime
 from hal.kernels.selective_scan import selective_scan_reference
 
 SEED = 0
 D_MODEL, D_INNER, D_STATE, HEADS, LENGTH, BATCH = 32, 64, 8, 4, 16, 2
+#: The emulators planned on beside the real hardware, when available here.
+EMULATORS = ("memristor:0", "photonic:0")
 
 
 class MambaBlock(nn.Module):
@@ -85,13 +89,16 @@ def main(argv: list[str] | None = None) -> None:
     model, (x,) = build()
     reference = model.double()(x.double())
     model.float()
+    available = {info.uri for info in hal.devices()}
+    real, _ = hal.runtime.available_devices()
+    devices = [*real, *(uri for uri in EMULATORS if uri in available)]
     for policy in [args.policy] if args.policy else list(hal.runtime.POLICIES):
-        plan = hal.runtime.plan(model, (x,), policy=policy)
+        plan = hal.runtime.plan(model, (x,), policy=policy, devices=devices)
         print(plan)
         y = plan.run(x)
         error = float((y.double() - reference).norm() / reference.norm())
         ops = {plan.graph.nodes[i].op.name: plan.placement.label(a) for i, a in enumerate(plan.placement.assignment) if plan.graph.nodes[i].op is not None}
-        print(f"policy {policy}: relative error vs float64 {error:.2e} (estimated bound {plan.placement.totals().error:.2e}); "
+        print(f"policy {policy}: relative error vs float64 {error:.2e} (estimated bound {plan.totals().error:.2e}); "
               f"attention on {ops.get('attention')}, selective_scan on {ops.get('selective_scan')}\n")
         if args.plot:
             plan.save_plot(str(Path(args.plot).with_name(f"{Path(args.plot).stem}_{policy}{Path(args.plot).suffix or '.png'}")))

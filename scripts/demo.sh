@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, list what hardware is here (emulators included), then run a model chained across it.
+# Plans take emulators only when asked: examples/hybrid_digits.py names the Loihi 2, memristor and photonic
+# emulators beside the real devices, and shows which stages a device claims as one Program.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -1,13 +1,15 @@
 """hal.runtime: one model across the devices present: capture, place, chain, fall back.
 
     plan = hal.runtime.plan(model, example_inputs, policy="energy", pins={"fc2": "memristor:0"})
-    print(plan)                          # stage, device, ops, est. latency/energy/error, conversions
+    print(plan)                          # stage, device, ops, program (claimed?), est. latency/energy/error, conversions
     plan.to_json(); plan.save_plot("plan.png")
     out = plan.run(x)                    # chained across devices
     out, report = plan.run(x, profile=True)
+    hal.runtime.plan(model, x, devices=["cpu", "memristor:0"])   # emulators only when named (or allow_simulated=True)
 
 Modules: ``capture`` (torch.fx -> graph of OpSpecs), ``inplace`` (in-place writes and their order),
-``placement`` (dynamic programming over the topological order), ``capacity`` (what a device holds resident),
+``placement`` (dynamic programming over the topological order), ``claims`` (stages offered to their device as
+one subgraph), ``capacity`` (what a device holds resident),
 ``costs`` (host, links, conversions), ``convert`` (tensor <-> spikes, optical amplitudes, qubit angles),
 ``executor`` (chained Programs, overlap, fallback), ``explain`` (table, JSON, PNG), ``command`` (the
 ``hal plan`` CLI entry). A Plan may be run from several threads at once.

@@ -3,7 +3,7 @@
 FILE is a Python file that defines ``build()`` returning ``(model, example_inputs)``: a torch.nn.Module
 and a tensor or tuple of tensors to trace it with. It may also define ``PINS = {"node": "uri"}``,
 default pins that ``--pin`` options extend or override. Nothing runs on a device: the command captures,
-places and explains.
+places and explains. Emulators take part only when pinned or with ``allow_simulated`` (``hal.runtime.planner``).
 """
 
 from __future__ import annotations
@@ -50,8 +50,11 @@ def parse_pins(pins: list[str]) -> dict[str, str]:
     return parsed
 
 
-def plan_command(model_path: str, policy: str, pins: list[str], as_json: bool, plot: str | None) -> int:
-    """Plan the model of ``model_path`` and print the plan (table, or JSON with ``as_json``); returns an exit code."""
+def plan_command(model_path: str, policy: str, pins: list[str], as_json: bool, plot: str | None, allow_simulated: bool = False) -> int:
+    """Plan the model of ``model_path`` and print the plan (table, or JSON with ``as_json``); returns an exit code.
+
+    ``allow_simulated`` lets the emulators found here take part (by default only real devices and pinned ones do).
+    """
     from hal.runtime.planner import plan as make_plan
 
     out = Console(soft_wrap=True)
@@ -65,7 +68,7 @@ def plan_command(model_path: str, policy: str, pins: list[str], as_json: bool, p
         err.print(f"[red]error:[/red] {model_path} failed while loading or building: {type(exc).__name__}: {exc}")
         return EXIT_BAD_FILE
     try:
-        the_plan = make_plan(model, example_inputs, policy=policy, pins={**default_pins, **parse_pins(pins)})
+        the_plan = make_plan(model, example_inputs, policy=policy, pins={**default_pins, **parse_pins(pins)}, allow_simulated=allow_simulated)
     except HalError as exc:
         err.print(f"[red]error:[/red] {exc}")
         return EXIT_REFUSED

@@ -1,8 +1,11 @@
 """Execution: prepared Programs chained stage by stage, overlapping independent stages, falling back on failure.
 
-A stage is a maximal run of consecutive nodes (in topological order) on one location. Programs are
-prepared once per (node, device) and kept by the plan (``Plan.program``); one that its device invalidated
-meanwhile (its tiles were reprogrammed) is prepared again, not counted as a failure. Stages whose inputs are
+A stage is a maximal run of consecutive nodes (in topological order) on one location. A device stage its
+device claimed (``hal.runtime.claims``) runs as one Program (``Plan.stage_program``): it takes the values the
+stage reads from elsewhere and returns the ones read outside it, and its intermediates never reach the
+host. Other device stages run one Program per node, prepared once per (node, device) and kept by the plan
+(``Plan.program``). A Program that its device invalidated meanwhile (its tiles were reprogrammed) is
+prepared again, not counted as a failure. Stages whose inputs are
 ready, and whose in-place ordering (``Node.after``) allows, run as soon as their device is free; when the
 stage graph is a chain (the common case) they run in the caller's thread with no scheduling at all.
 
@@ -29,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hal.device import Device
-from hal.errors import DeviceFailure, InvalidInput, ProgramInvalidated
+from hal.errors import DeviceFailure, InvalidInput, ProgramInvalidated, ShapeError
 from hal.kernels.torch_ops import TORCH_OPS
 from hal.runtime.capture import Graph, Node
+from hal.runtime.claims import StageClaim
 from hal.runtime.costs import HOST
 from hal.runtime.placement import Placement
 
@@ -41,12 +45,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class Stage:
-    """Consecutive nodes on one location, and the stages whose results they wait for."""
+    """Consecutive nodes on one location, the stages whose results they wait for, and (once a run has asked)
+    the device's claim when the stage runs as one Program."""
 
     index: int
     location: int
     nodes: list[int]
     deps: set[int] = field(default_factory=set)
+    claim: StageClaim | None = None
 
 
 @dataclass
@@ -59,6 +65,7 @@ class StageRecord:
     est_latency_s: float
     start_s: float | None = None
     measured_s: float | None = None
+    claimed: bool = False
 
 
 @dataclass
@@ -158,10 +165,19 @@ class Executor:
             return self.plan.program(node.name, device)(*args)  # its resources were reprogrammed meanwhile
 
     def _prepare_all(self, stages: list[Stage], placement: Placement) -> None:
-        """Prepare (or reuse) every device Program before anything runs, so stage times are run times."""
+        """Prepare (or reuse) every device Program before anything runs, so stage times are run times; note on
+        each stage the claim it runs under."""
         for stage in stages:
             device = placement.locations[stage.location]
             if device is None:
+                continue
+            claim = self.plan.claim(stage, placement)
+            if claim is not None and claim.claimed:
+                stage.claim = claim
+                try:
+                    self.plan.stage_program(claim, device)
+                except Exception as exc:
+                    raise _StageFailed(stage.location, claim.names[0], exc) from exc
                 continue
             for i in stage.nodes:
                 node = self.plan.graph.nodes[i]
@@ -170,9 +186,35 @@ class Executor:
                 except Exception as exc:
                     raise _StageFailed(stage.location, node.name, exc) from exc
 
+    def _run_claimed(self, claim: StageClaim, device: Device, values: dict[str, Any]) -> None:
+        """Run a claimed stage's one Program on the values it reads; store the values that leave it."""
+        target = device.torch_device
+        args = [values[r] for r in claim.inputs]
+        args = [a if a.device.type == "cpu" or a.device == target else a.to(target) for a in args]
+        try:
+            out = self.plan.stage_program(claim, device)(*args)
+        except ProgramInvalidated:
+            out = self.plan.stage_program(claim, device)(*args)  # its resources were reprogrammed meanwhile
+        if len(claim.outputs) == 1:
+            values[claim.outputs[0]] = out
+            return
+        if not isinstance(out, tuple) or len(out) != len(claim.outputs):
+            got = f"{len(out)} values" if isinstance(out, tuple) else type(out).__name__
+            raise ShapeError(f"{device}'s Program for the claimed stage {', '.join(claim.names)} returned {got}, not the {len(claim.outputs)} outputs of its subgraph")
+        values.update(zip(claim.outputs, out))
+
     def _run_stage(self, stage: Stage, placement: Placement, values: dict[str, Any], done: set[str]) -> None:
         graph = self.plan.graph
         device = placement.locations[stage.location]
+        if stage.claim is not None:
+            try:
+                self._run_claimed(stage.claim, device, values)
+            except InvalidInput:
+                raise  # the data's fault (NaN/inf where refused): any device would refuse it too
+            except Exception as exc:
+                raise _StageFailed(stage.location, stage.claim.names[0], exc) from exc
+            done.update(stage.claim.names)
+            return
         for i in stage.nodes:
             node = graph.nodes[i]
             try:
@@ -218,8 +260,11 @@ class Executor:
 
     def _record(self, stage: Stage, placement: Placement, start: float, end: float, t0: float) -> StageRecord:
         names = [self.plan.graph.nodes[i].name for i in stage.nodes]
-        est = sum(placement.node_costs[i].latency_s for i in stage.nodes)
-        return StageRecord(stage.index, placement.label(stage.location), names, est, start - t0, end - start)
+        if stage.claim is not None:
+            est = stage.claim.stage_cost.latency_s
+        else:
+            est = sum(placement.node_costs[i].latency_s for i in stage.nodes)
+        return StageRecord(stage.index, placement.label(stage.location), names, est, start - t0, end - start, stage.claim is not None)
 
     def _run_serial(self, stages, placement, values, done, report, t0) -> None:
         for stage in stages:

@@ -1,7 +1,9 @@
 """Explain a plan: a rich table for the terminal, a JSON-ready dict, and a PNG (Gantt by device + energy by device).
 
-Stage figures are the sum of the stage's node estimates plus the transfers into it (link and paradigm
-conversion); the Gantt places stages by list scheduling (a stage starts when its inputs are ready and
+Stage figures are the stage's estimate (its claim's ``estimate_subgraph`` when its device runs it as one
+Program, else the sum of its node estimates) plus the transfers into it (link and paradigm conversion). The
+table's "program" column says which: "one (claimed)" or "per op"; the notes give each claim's estimate beside
+the per-op sum, and the reason of each device that declined. The Gantt places stages by list scheduling (a stage starts when its inputs are ready and
 its device is free) with estimated latencies, or with measured times when a profiled Report is given.
 """
 
@@ -15,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hal.device import Cost
+from hal.runtime.costs import HOST
 from hal.runtime.executor import Report, Stage
 
 if TYPE_CHECKING:
@@ -33,21 +36,27 @@ def _si(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
+def own_cost(plan: Plan, stage: Stage) -> Cost:
+    """A stage's own estimate: its claim's when claimed, else the sum of its nodes' (transfers not included)."""
+    claim = plan.claim(stage, plan.placement)
+    if claim is not None:
+        return claim.stage_cost
+    costs = [plan.placement.node_costs[i] for i in stage.nodes]
+    return Cost(sum(c.latency_s for c in costs), sum(c.energy_j for c in costs), sum(c.error for c in costs), "sum of the ops' estimates")
+
+
 def stage_costs(plan: Plan, stages: list[Stage]) -> list[tuple[Cost, list[str]]]:
-    """Per stage: summed cost (nodes + incoming transfers) and the conversions it needs, as text."""
+    """Per stage: its cost (own estimate + incoming transfers) and the conversions it needs, as text."""
     p = plan.placement
     stage_of = {}
     for s in stages:
         for i in s.nodes:
             stage_of[plan.graph.nodes[i].name] = s.index
-    totals = [[0.0, 0.0, 0.0] for _ in stages]
-    conversions: list[list[str]] = [[] for _ in stages]
+    totals = []
     for s in stages:
-        for i in s.nodes:
-            c = p.node_costs[i]
-            totals[s.index][0] += c.latency_s
-            totals[s.index][1] += c.energy_j
-            totals[s.index][2] += c.error
+        c = own_cost(plan, s)
+        totals.append([c.latency_s, c.energy_j, c.error])
+    conversions: list[list[str]] = [[] for _ in stages]
     for t in p.transfers:
         s = stage_of.get(t.consumer)
         if s is None:
@@ -71,22 +80,49 @@ def _ops_text(plan: Plan, stage: Stage) -> str:
     return ", ".join(parts) + (f" (+{more})" if more > 0 else "")
 
 
+def _program_text(plan: Plan, stage: Stage) -> str:
+    """How a stage runs: one Program (claimed), one per op, or on the host."""
+    if plan.placement.locations[stage.location] is None:
+        return "host"
+    claim = plan.claim(stage, plan.placement)
+    return "one (claimed)" if claim is not None and claim.claimed else "per op"
+
+
 def plan_table(plan: Plan) -> Table:
     stages = plan.stages
-    totals = plan.placement.totals()
+    totals = plan.totals()
     table = Table(title=f"hal plan - policy {plan.policy}", caption=f"total: {_si(totals.latency_s, 's')} (serial), {_si(totals.energy_j, 'J')}, error <= {totals.error:.3g}")
-    for column in ("stage", "device", "ops", "est. latency", "est. energy", "est. error", "conversions"):
+    for column in ("stage", "device", "ops", "program", "est. latency", "est. energy", "est. error", "conversions"):
         table.add_column(column, justify="right" if column.startswith("est") else "left")
     for stage, (cost, conv) in zip(stages, stage_costs(plan, stages)):
         table.add_row(
-            str(stage.index), plan.placement.label(stage.location), _ops_text(plan, stage),
+            str(stage.index), plan.placement.label(stage.location), _ops_text(plan, stage), _program_text(plan, stage),
             _si(cost.latency_s, "s"), _si(cost.energy_j, "J"), f"{cost.error:.2g}", ", ".join(conv) or "-",
         )
     return table
 
 
+def claim_notes(plan: Plan) -> list[str]:
+    """One note per claimed stage (its estimate beside the per-op sum), one per device and reason it declined for."""
+    notes, declined = [], {}
+    for stage in plan.stages:
+        claim = plan.claim(stage, plan.placement)
+        if claim is None:
+            continue
+        if claim.claimed:
+            c, s = claim.stage_cost, claim.per_op
+            notes.append(f"stage {stage.index} ({len(claim.nodes)} ops on {claim.device}) runs as one claimed Program: est. "
+                         f"{_si(c.latency_s, 's')}, {_si(c.energy_j, 'J')}, error {c.error:.2g} vs {_si(s.latency_s, 's')}, "
+                         f"{_si(s.energy_j, 'J')}, error {s.error:.2g} op by op ({c.formula or 'no formula given'})")
+        else:
+            declined.setdefault((claim.device, claim.reason), []).append(str(stage.index))
+    for (device, reason), indices in declined.items():
+        notes.append(f"stage{'s' if len(indices) > 1 else ''} {', '.join(indices)} on {device} run op by op: {reason}")
+    return notes
+
+
 def _notes(plan: Plan) -> list[str]:
-    notes = list(plan.notes) + list(plan.placement.notes)
+    notes = list(plan.notes) + list(plan.placement.notes) + claim_notes(plan)
     steps = Counter(n.host_op for n in plan.graph.nodes if n.op is None)
     if steps:
         listed = ", ".join(f"{name} x{count}" for name, count in steps.most_common())
@@ -110,11 +146,12 @@ def render_text(plan: Plan, width: int = 140) -> str:
 def render_report(report: Report, width: int = 140) -> str:
     """A run's stages, measured beside estimated, then its fallbacks and re-plan, as text."""
     table = Table(title="hal run", caption=f"total {_si(report.total_s, 's')}" if report.total_s is not None else None)
-    for column in ("stage", "device", "nodes", "est. latency", "measured"):
+    for column in ("stage", "device", "nodes", "program", "est. latency", "measured"):
         table.add_column(column, justify="right" if column in ("est. latency", "measured") else "left")
     for r in report.stages:
         nodes = ", ".join(r.nodes[:SHOWN_NODES]) + (f" (+{len(r.nodes) - SHOWN_NODES})" if len(r.nodes) > SHOWN_NODES else "")
-        table.add_row(str(r.stage), r.device, nodes, _si(r.est_latency_s, "s"), _si(r.measured_s, "s") if r.measured_s is not None else "-")
+        program = "one (claimed)" if r.claimed else ("host" if r.device == HOST else "per op")
+        table.add_row(str(r.stage), r.device, nodes, program, _si(r.est_latency_s, "s"), _si(r.measured_s, "s") if r.measured_s is not None else "-")
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
     console.print(table)
@@ -129,7 +166,7 @@ def render_report(report: Report, width: int = 140) -> str:
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     p = plan.placement
     stages = plan.stages
-    totals = p.totals()
+    totals = plan.totals()
     stage_rows = []
     for stage, (cost, conv) in zip(stages, stage_costs(plan, stages)):
         stage_rows.append({
@@ -154,7 +191,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "policy": plan.policy,
         "devices": [str(d) for d in plan.devices],
         "dropped": list(plan.dropped),
-        "totals": {"latency_s": totals.latency_s, "energy_j": totals.energy_j, "error": totals.error, "latency_is": "sum over stages (serial)"},
+        "totals": {"latency_s": totals.latency_s, "energy_j": totals.energy_j, "error": totals.error, "latency_is": "sum over stages (serial; a claimed stage at its claim's estimate)"},
         "energy_by_device_j": energy_by_device(plan),
         "stages": stage_rows,
         "nodes": nodes,
@@ -165,11 +202,12 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 
 
 def energy_by_device(plan: Plan) -> dict[str, float]:
-    """Estimated joules per location: its nodes plus the transfers into it."""
+    """Estimated joules per location: its stages (claimed ones at their claim's estimate) plus the transfers into it."""
     p = plan.placement
     energy: dict[str, float] = {}
-    for i, loc in enumerate(p.assignment):
-        energy[p.label(loc)] = energy.get(p.label(loc), 0.0) + p.node_costs[i].energy_j
+    for stage in plan.stages:
+        label = p.label(stage.location)
+        energy[label] = energy.get(label, 0.0) + own_cost(plan, stage).energy_j
     for t in p.transfers:
         energy[p.label(t.dst)] = energy.get(p.label(t.dst), 0.0) + t.cost.energy_j
     return dict(sorted(energy.items()))

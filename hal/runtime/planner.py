@@ -1,4 +1,14 @@
-"""``plan(model, example_inputs, policy, pins, devices)``: capture, place, and return an inspectable, runnable Plan.
+"""``plan(model, example_inputs, policy, pins, devices, allow_simulated)``: capture, place, and return an inspectable, runnable Plan.
+
+Which devices take part: the ones named (``devices=``, and every pinned device); by default every available
+device the registry probes that is real hardware (the CPU included). Emulators (``DeviceInfo.simulated`` or
+``capabilities.simulated``) take part only when named or with ``allow_simulated=True``: a plan never moves a
+model onto a device that computes it by simulation, often orders of magnitude slower, unless asked. A GPU
+listed under a second name (``cuda:N`` for ``hopper:N``: its probe entry's ``summary["alias_of"]``) is one
+location, under the name it aliases, unless the alias is named.
+
+After placement every stage of two or more nodes on a device is offered to that device as one subgraph
+(``hal.runtime.claims``); a claimed stage runs as one Program.
 
 A Plan may be run from several threads at once: re-planning for a new batch size, preparing Programs and
 dropping a failed device each happen under a lock of the plan, and every run keeps its own values and report.
@@ -10,38 +20,72 @@ import difflib
 import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from hal import registry
-from hal.device import Device, DeviceURI, Program
+from hal.device import Cost, Device, DeviceURI, Program
 from hal.errors import HalError, InvalidInput, ShapeError
 from hal.runtime.capture import Graph, UntraceableModel, capture, graph_of
+from hal.runtime.claims import Claims, StageClaim
 from hal.runtime.costs import HOST, HostModel
 from hal.runtime.executor import Executor, Report, Stage, build_stages
 from hal.runtime.placement import Placement, _Queries, place
 
+#: Left-out emulators named one by one in the plan's note before "and N more".
+LISTED_SKIPPED = 6
 
-def available_devices() -> tuple[list[Device], list[str]]:
-    """Open every available device the registry probes (board transports excluded); notes for those that fail to open."""
-    devices, notes = [], []
+
+def available_devices(allow_simulated: bool = False) -> tuple[list[Device], list[str]]:
+    """Open every available device the registry probes, and notes on what was left out or failed to open.
+
+    Left out: board transports, a GPU's second name (a probe entry with ``summary["alias_of"]``: one physical
+    GPU is one location) and, unless ``allow_simulated``, emulators (``DeviceInfo.simulated`` or, once opened,
+    ``capabilities.simulated``).
+    """
+    devices, notes, emulators = [], [], []
     for info in registry.probe_all():
-        if not info.available or info.kind == registry.BOARD_DRIVER:
+        if not info.available or info.kind == registry.BOARD_DRIVER or info.summary.get("alias_of"):
+            continue
+        if info.simulated and not allow_simulated:
+            emulators.append(info.uri)
             continue
         try:
-            devices.append(registry.open_device(info.uri))
-        except HalError as exc:
-            notes.append(f"{info.uri} was probed available but did not open: {exc}")
+            device = registry.open_device(info.uri)
+            simulated = device.capabilities.simulated
+        except Exception as exc:  # noqa: BLE001 (a driver that fails to open or describe itself must not sink the plan)
+            notes.append(f"{info.uri} was probed available but did not open: {type(exc).__name__}: {exc}")
+            continue
+        if simulated and not allow_simulated:
+            emulators.append(info.uri)
+            continue
+        devices.append(device)
+    if emulators:
+        listed = ", ".join(emulators[:LISTED_SKIPPED]) + (f" and {len(emulators) - LISTED_SKIPPED} more" if len(emulators) > LISTED_SKIPPED else "")
+        notes.append(f"left out {len(emulators)} simulated device(s): {listed}; emulators take part only when named "
+                     "(devices=[...] or a pin) or with allow_simulated=True")
     return devices, notes
 
 
 def _open(devices: Iterable[Device | str]) -> list[Device]:
+    """Open the named devices (a device string that names no device here raises, naming it), one per URI, sorted."""
     opened: dict[str, Device] = {}
     for d in devices:
         device = d if isinstance(d, Device) else registry.open_device(d)
         opened[str(device)] = device
     return [opened[k] for k in sorted(opened)]
+
+
+def _shared_gpus(devices: Sequence[Device]) -> list[str]:
+    """A note per torch device (a GPU) that two planned devices compute on (an alias was named, so both stay)."""
+    by_home: dict[str, list[str]] = {}
+    for d in devices:
+        if d.torch_device.type != "cpu":
+            by_home.setdefault(str(d.torch_device), []).append(str(d))
+    return [f"{' and '.join(names)} are one GPU ({home}), planned as {len(names)} locations because an alias of it was named; "
+            "name only one of them to plan the GPU once" for home, names in sorted(by_home.items()) if len(names) > 1]
 
 
 def _host_model(devices: Sequence[Device]) -> HostModel:
@@ -102,30 +146,53 @@ def plan(
     pins: Mapping[str, str] | None = None,
     devices: Iterable[Device | str] | None = None,
     overlap: bool = True,
+    allow_simulated: bool = False,
 ) -> Plan:
-    """Trace ``model`` on ``example_inputs`` and place it across ``devices`` (default: every available device).
+    """Trace ``model`` on ``example_inputs`` and place it across ``devices``.
 
-    ``policy`` is "latency", "energy" or "accuracy"; ``pins`` maps node names (module names such as "fc2",
-    or prefixes such as "encoder") to device strings ("memristor:0", or "cpu:0"/"host" for the CPU
-    reference). Raises UnsupportedOp before anything runs if a pinned device cannot run its node.
+    ``devices`` lists device strings or Devices; by default every available device that is real hardware (the
+    CPU included), and emulators too with ``allow_simulated=True`` (see the module docstring). ``policy`` is
+    "latency", "energy" or "accuracy"; ``pins`` maps node names (module names such as "fc2", or prefixes such
+    as "encoder") to device strings ("memristor:0", or "cpu:0"/"host" for the CPU reference); a pinned device
+    joins the plan. A device string that names no device here raises before anything is traced, and
+    UnsupportedOp is raised before anything runs if a pinned device cannot run its node.
     """
     inputs = _as_inputs(example_inputs)
+    if isinstance(devices, (str, Device)):
+        raise InvalidInput(f"devices= takes a list of devices, got the single {type(devices).__name__} {str(devices)!r}; write devices=[{str(devices)!r}]")
     pins = {k: _canonical_pin(v) for k, v in (pins or {}).items()}
+    chosen = _open(devices or [])
+    chosen = _open([*chosen, *(uri for uri in sorted(set(pins.values())) if uri != HOST and not any(d == uri for d in chosen))])
     notes: list[str] = []
     if devices is None:
-        found, notes = available_devices()
-    else:
-        found = _open(devices)
-    pinned = [registry.open_device(uri) for uri in sorted(set(pins.values())) if uri != HOST and not any(d == uri for d in found)]
-    found = _open([*found, *pinned])
+        gathered, notes = available_devices(allow_simulated)
+        chosen = _open([*gathered, *chosen])
+    notes += _shared_gpus(chosen)
     graph = _capture_with_pins(model, inputs, pins)
-    return Plan(model, graph, found, policy, pins, overlap, notes)
+    return Plan(model, graph, chosen, policy, pins, overlap, notes)
+
+
+@dataclass(frozen=True)
+class _StageProgram:
+    """A claimed stage's Program and each weight it was prepared from, with that weight's ``_version`` and
+    ``data_ptr()`` then: a weight written in place (``_version``) or re-pointed (``w.data = other``) since, or
+    a node bound to another tensor, makes the Program stale, so it is prepared again (as the eager cache does)."""
+
+    program: Program
+    weights: tuple[tuple[torch.Tensor, int, int], ...]
+
+    def fresh(self, weights: Sequence[torch.Tensor]) -> bool:
+        return len(weights) == len(self.weights) and all(
+            t is w and t._version == version and t.data_ptr() == pointer for t, (w, version, pointer) in zip(weights, self.weights)
+        )
 
 
 class Plan:
     """A placed graph: print it (table), ``to_json()``, ``save_plot(path)``, ``run(*inputs, profile=False)``.
 
-    Safe to run from several threads; ``last_report`` is the report of the run that finished last.
+    ``programs`` holds the per-node Programs by (node, device); ``stage_programs`` the Programs of claimed
+    stages by (node names, device). Safe to run from several threads; ``last_report`` is the report of the
+    run that finished last.
     """
 
     def __init__(self, model: torch.nn.Module, graph: Graph, devices: list[Device], policy: str, pins: Mapping[str, str], overlap: bool = True, notes: Iterable[str] = ()):
@@ -139,6 +206,8 @@ class Plan:
         self.notes = [*self._device_notes, *graph.notes]
         self.host = _host_model(self.devices)
         self.programs: dict[tuple[str, str], Program] = {}
+        self.stage_programs: dict[tuple[tuple[str, ...], str], _StageProgram] = {}
+        self._claims = Claims(graph, policy)
         self.dropped: list[str] = []
         self.last_report: Report | None = None
         self._queries = _Queries()
@@ -146,8 +215,10 @@ class Plan:
         self._index = {n.name: i for i, n in enumerate(graph.nodes)}
         self.placement: Placement = place(graph, self.devices, policy, self.node_pins, self.host, queries=self._queries)
         self._variants: dict[tuple, Plan] = {}
-        self.lock = threading.RLock()  # guards programs, devices and placement across threads
+        self.lock = threading.RLock()  # guards programs, claims, devices and placement across threads
         self._variants_lock = threading.Lock()  # held while a variant is made, so each batch size is planned once
+        for stage in self.stages:  # ask every device for its stages now, so that the plan shows the answers
+            self.claim(stage, self.placement)
 
     # ---- inspection
     @property
@@ -161,6 +232,31 @@ class Plan:
             if n.name == name:
                 return self.placement.label(self.placement.assignment[i])
         raise InvalidInput(f"no node {node!r} in this plan; nodes: {', '.join(self.graph.node_names())}")
+
+    def claim(self, stage: Stage, placement: Placement) -> StageClaim | None:
+        """The device's answer for ``stage`` of ``placement`` (asked once per device and node set), or None for
+        a stage on the host or of one node (a single op is its own Program already)."""
+        device = placement.locations[stage.location]
+        if device is None or len(stage.nodes) < 2:
+            return None
+        with self.lock:
+            return self._claims.of(device, stage.nodes, placement.node_costs)
+
+    def claims(self) -> list[StageClaim | None]:
+        """The answer for each stage of the plan's placement (None for host and single-node stages)."""
+        return [self.claim(stage, self.placement) for stage in self.stages]
+
+    def totals(self) -> Cost:
+        """Estimated cost of one run, serial: the placement's node and transfer costs, each claimed stage
+        counted at its claim's estimate instead of the sum of its ops."""
+        base = self.placement.totals()
+        latency, energy, error = base.latency_s, base.energy_j, base.error
+        for c in self.claims():
+            if c is not None and c.claimed:
+                latency += c.stage_cost.latency_s - c.per_op.latency_s
+                energy += c.stage_cost.energy_j - c.per_op.energy_j
+                error += c.stage_cost.error - c.per_op.error
+        return Cost(latency, energy, error, "sum over stages (claimed ones at their claim's estimate) and transfers")
 
     def to_dict(self) -> dict[str, Any]:
         from hal.runtime.explain import plan_to_dict
@@ -192,12 +288,18 @@ class Plan:
 
     # ---- execution
     def prepare(self) -> None:
-        """Prepare every device Program now (otherwise the first run does it)."""
+        """Prepare every device Program now, one per claimed stage and one per other device node (otherwise the first run does it)."""
         placement = self.placement
-        for i, node in enumerate(self.graph.nodes):
-            device = placement.locations[placement.assignment[i]]
-            if device is not None:
-                self.program(node.name, device)
+        for stage in self.stages:
+            device = placement.locations[stage.location]
+            if device is None:
+                continue
+            claim = self.claim(stage, placement)
+            if claim is not None and claim.claimed:
+                self.stage_program(claim, device)
+                continue
+            for i in stage.nodes:
+                self.program(self.graph.nodes[i].name, device)
 
     def program(self, node: str, device: Device) -> Program:
         """The plan's Program of ``node`` on ``device``, prepared on first use and again once invalidated."""
@@ -209,6 +311,20 @@ class Plan:
                 program = device.prepare(spec.op, spec.params)
                 self.programs[key] = program
             return program
+
+    def stage_program(self, claim: StageClaim, device: Device) -> Program:
+        """The Program of a claimed stage (``device.prepare_subgraph``), prepared on first use and again once
+        invalidated or once one of its weights changed (``_StageProgram``)."""
+        nodes = [self.graph.nodes[i] for i in claim.nodes]
+        weights = [t for node in nodes for t in node.params.values()]
+        key = (claim.names, str(device))
+        with self.lock:
+            entry = self.stage_programs.get(key)
+            if entry is None or not entry.program.valid or not entry.fresh(weights):
+                program = device.prepare_subgraph(claim.subgraph, [node.params for node in nodes])
+                entry = _StageProgram(program, tuple((t, t._version, t.data_ptr()) for t in weights))
+                self.stage_programs[key] = entry
+            return entry.program
 
     def run(self, *inputs: Any, profile: bool = False) -> Any:
         """Run the plan on ``inputs``; with ``profile=True`` return ``(outputs, report)``.

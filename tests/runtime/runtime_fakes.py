@@ -1,6 +1,9 @@
-"""Fake devices for the runtime tests: chosen costs, paradigms, supported ops, capacities and failure injection.
+"""Fake devices for the runtime tests: chosen costs, paradigms, supported ops, capacities, claims and failure injection.
 
-Each fake computes with the torch kernels (so results are checkable) and counts prepares and calls.
+Each fake computes with the torch kernels (so results are checkable) and counts prepares and calls. A fake
+with ``claim_ops`` claims every subgraph made only of those ops and runs it as one Program, which programs a
+copy of its weights at prepare (as a device programming conductances would: a later in-place weight update
+reaches it only if the runtime prepares it again).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from torch import nn
 
 from hal import ops as vocabulary
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
-from hal.device import Cost, Device, DeviceInfo, OpSpec, Program
+from hal.device import Cost, Device, DeviceInfo, OpSpec, Program, Support
 from hal.errors import DeviceFailure
 from hal.kernels.torch_ops import TORCH_OPS
+from hal.subgraph import Subgraph, run_wired
 
 
 class FakeDevice(Device):
@@ -23,6 +27,7 @@ class FakeDevice(Device):
 
     kind = "fake"
     paradigm = Paradigm.DIGITAL
+    simulated = True
     ops: tuple[str, ...] = tuple(vocabulary.VOCABULARY)
     s_per_flop = 1e-12
     j_per_flop = 1e-12
@@ -31,10 +36,15 @@ class FakeDevice(Device):
     memory_bytes: float | None = None
     fail_on_call: int | None = None
     on_run: Callable[[OpSpec], None] | None = None
+    #: Ops of the subgraphs this fake claims (none: it declines every claim, as the contract's default does).
+    claim_ops: tuple[str, ...] = ()
+    #: Its subgraph estimate is this factor times the sum of the ops' estimates.
+    claim_factor = 0.5
 
     def __init__(self, uri):
         super().__init__(uri)
         self.prepared = 0
+        self.subgraphs_prepared = 0
         self.calls = 0
         self._count = threading.Lock()
 
@@ -45,7 +55,7 @@ class FakeDevice(Device):
     def _build_capabilities(self) -> Capabilities:
         memory = Figure.measured(self.memory_bytes, "B", "test fake") if self.memory_bytes is not None else None
         return Capabilities(
-            uri=str(self.uri), kind=self.kind, paradigm=self.paradigm, simulated=True, identity={},
+            uri=str(self.uri), kind=self.kind, paradigm=self.paradigm, simulated=self.simulated, identity={},
             ops={name: OpSupport(("float32",), {"float32": 1e-3}) for name in self.ops}, memory_bytes=memory,
         )
 
@@ -69,9 +79,38 @@ class FakeDevice(Device):
 
         return Program(op, self, self.estimate(op), run)
 
+    def claim(self, sub: Subgraph) -> Support:
+        if not self.claim_ops:
+            return super().claim(sub)
+        others = sorted({op.name for op in sub.ops} - set(self.claim_ops))
+        return Support.no(f"{self.uri} claims only groups of {', '.join(self.claim_ops)}, not {', '.join(others)}") if others else Support.yes()
+
+    def estimate_subgraph(self, sub: Subgraph) -> Cost:
+        total = super().estimate_subgraph(sub)
+        f = self.claim_factor
+        return Cost(total.latency_s * f, total.energy_j * f, total.error * f, f"fake: {f} x the ops' sum")
+
+    def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
+        self.subgraphs_prepared += 1
+        programmed = [{k: v.detach().clone() for k, v in p.items()} for p in params]
+        steps = [lambda *xs, op=op, p=p: TORCH_OPS[op.name](xs, p, dict(op.attrs)) for op, p in zip(sub.ops, programmed)]
+        spec = sub.as_opspec()
+
+        def run(*inputs: torch.Tensor):
+            with self._count:
+                self.calls += 1
+                calls = self.calls
+            if self.fail_on_call is not None and calls >= self.fail_on_call:
+                raise DeviceFailure(f"{self.uri}: injected link loss")
+            if self.on_run is not None:
+                self.on_run(spec)
+            return run_wired(sub, steps, inputs)
+
+        return Program(spec, self, self.estimate_subgraph(sub), run)
+
 
 def fake(kind: str, **attrs) -> FakeDevice:
-    """A fresh fake device ``kind:0`` whose class sets ``attrs`` (ops, costs, paradigm, memory, failure)."""
+    """A fresh fake device ``kind:0`` whose class sets ``attrs`` (ops, costs, paradigm, memory, claims, failure)."""
     if "ops" in attrs and not isinstance(attrs["ops"], tuple):
         attrs["ops"] = tuple(attrs["ops"])
     if attrs.get("on_run") is not None:

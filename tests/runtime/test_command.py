@@ -25,7 +25,10 @@ def model_file(tmp_path, monkeypatch):
     import hal
     from hal.runtime import planner as plan_module
 
-    monkeypatch.setattr(plan_module, "available_devices", lambda: ([hal.device("cpu")], []))
+    def gathered(allow_simulated=False):
+        return ([hal.device("cpu"), hal.device("memristor:0")] if allow_simulated else [hal.device("cpu")]), []
+
+    monkeypatch.setattr(plan_module, "available_devices", gathered)
     path = tmp_path / "model.py"
     path.write_text(MODEL)
     return str(path)
@@ -60,3 +63,10 @@ def test_bad_pins_and_files_give_exit_codes_and_reasons(model_file, tmp_path, ca
 
 def test_parse_pins():
     assert parse_pins(["fc2=memristor:0", " a = cpu:0 "]) == {"fc2": "memristor:0", "a": "cpu:0"}
+
+
+def test_emulators_take_part_only_when_allowed(model_file, capsys):
+    assert plan_command(model_file, "energy", [], True, None) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["devices"] == ["cpu:0"]
+    assert plan_command(model_file, "energy", [], True, None, allow_simulated=True) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["devices"] == ["cpu:0", "memristor:0"]

@@ -60,6 +60,9 @@ def test_gpu_failure_mid_run_falls_back_to_the_cpu(gpu):
     for (node, uri), program in p.programs.items():
         if uri == str(gpu):
             program.run = lost
+    for (nodes, uri), entry in p.stage_programs.items():  # stages the GPU claimed as one Program
+        if uri == str(gpu):
+            entry.program.run = lost
     with pytest.warns(RuntimeWarning, match="fell off the bus"):
         out, report = p.run(x, profile=True)
     assert report.fallbacks and report.fallbacks[0].device == str(gpu)
@@ -93,3 +96,14 @@ def test_a_host_write_to_a_gpu_result_reaches_its_views_and_later_gpu_readers(gp
         ref_out, ref_total = model.fc2(h), h.sum()
     assert float((out - ref_out).norm() / ref_out.norm()) < 1e-2
     assert abs(float(total) - float(ref_total)) <= 1e-2 * float(h.abs().sum())
+
+
+def test_a_chain_on_the_gpu_runs_as_its_claim_says_and_matches(gpu):
+    model, x = mlp(), torch.randn(256, 512)
+    p = plan(model, x, pins={n: str(gpu) for n in ("0", "1", "2", "3", "4")}, devices=[gpu])
+    (claim,) = p.claims()
+    out, report = p.run(x, profile=True)
+    assert report.stages[0].claimed == claim.claimed
+    assert len(p.stage_programs) == int(claim.claimed) and len(p.programs) == (0 if claim.claimed else 5)
+    ref = model.double()(x.double()).detach()
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-2

@@ -6,6 +6,7 @@ import importlib
 import sys
 import threading
 
+import pytest
 import torch
 from runtime_fakes import WritesInPlace, fake
 from torch import nn
@@ -117,3 +118,75 @@ def test_planning_leaves_the_models_buffers_alone_and_runs_write_them_as_eager_d
     out = p.run(x)
     assert float(m.calls) == 2.0
     torch.testing.assert_close(out, (m.fc(x) + 2).detach())
+
+
+# --------------------------------------------------------------------------- which devices take part
+
+
+def _probe(monkeypatch, infos, opened=None):
+    """Make the registry list ``infos``; ``opened`` maps device strings to the Devices that open for them."""
+    from hal import registry
+
+    real = registry.open_device
+    monkeypatch.setattr(registry, "probe_all", lambda *a, **k: list(infos))
+    monkeypatch.setattr(registry, "open_device", lambda uri: (opened or {}).get(uri) or real(uri))
+
+
+def test_emulators_are_left_out_unless_named_or_allowed(monkeypatch):
+    from hal.device import DeviceInfo
+
+    _probe(monkeypatch, [DeviceInfo("cpu:0", "cpu", True), DeviceInfo("memristor:0", "memristor", True, simulated=True)])
+    m, x = model(), torch.randn(4, 16)
+    by_default = plan(m, x)
+    assert [str(d) for d in by_default.devices] == ["cpu:0"]
+    assert any("left out 1 simulated device(s): memristor:0" in n and "allow_simulated=True" in n for n in by_default.notes)
+    assert "memristor:0" in [str(d) for d in plan(m, x, allow_simulated=True).devices]
+    assert [str(d) for d in plan(m, x, devices=["memristor:0"]).devices] == ["memristor:0"]
+    pinned = plan(m, x, pins={"0": "memristor:0"})
+    assert [str(d) for d in pinned.devices] == ["cpu:0", "memristor:0"] and pinned.device_of("0") == "memristor:0"
+
+
+def test_a_device_simulated_by_its_capabilities_alone_is_left_out_too(monkeypatch):
+    from hal.device import DeviceInfo
+    from hal.runtime import available_devices
+
+    emulator = fake("quiet")  # the fakes declare capabilities simulated=True; its probe entry does not say so
+    _probe(monkeypatch, [DeviceInfo("cpu:0", "cpu", True), DeviceInfo("quiet:0", "quiet", True)], {"quiet:0": emulator})
+    devices, notes = available_devices()
+    assert [str(d) for d in devices] == ["cpu:0"] and "quiet:0" in notes[0]
+    assert [str(d) for d in available_devices(allow_simulated=True)[0]] == ["cpu:0", "quiet:0"]
+
+
+def test_a_gpu_listed_under_a_second_name_is_one_location_unless_the_alias_is_named(monkeypatch):
+    from hal.device import DeviceInfo
+    from hal.runtime import available_devices
+
+    gpu, alias = fake("hopper", simulated=False), fake("cuda", simulated=False)
+    for d in (gpu, alias):
+        d.torch_device = torch.device("cuda", 0)  # only planned, never run: no GPU is needed
+    infos = [DeviceInfo("cuda:0", "cuda", True, summary={"alias_of": "hopper:0"}), DeviceInfo("hopper:0", "hopper", True)]
+    _probe(monkeypatch, infos, {"hopper:0": gpu, "cuda:0": alias})
+    assert [str(d) for d in available_devices()[0]] == ["hopper:0"]
+    m, x = model(), torch.randn(4, 16)
+    named = plan(m, x, devices=["cuda:0"])
+    assert [str(d) for d in named.devices] == ["cuda:0"]
+    both = plan(m, x, pins={"0": "cuda:0"})
+    assert [str(d) for d in both.devices] == ["cuda:0", "hopper:0"]
+    assert any("cuda:0 and hopper:0 are one GPU (cuda:0)" in n for n in both.notes)
+
+
+class Untraceable(nn.Module):
+    def forward(self, x):
+        raise AssertionError("traced: planning did work before checking its devices")
+
+
+@pytest.mark.parametrize(("devices", "error", "match"), [
+    (["nosuch:0"], "UnknownDevice", "nosuch"),
+    (["cpu:0", "memristor:7"], "DeviceUnavailable", "memristor:7"),
+    ("cpu:0", "InvalidInput", r"devices=\['cpu:0'\]"),
+])
+def test_a_device_that_is_not_here_is_refused_by_name_before_any_work(devices, error, match):
+    from hal import errors
+
+    with pytest.raises(getattr(errors, error), match=match):
+        plan(Untraceable(), torch.randn(2, 4), devices=devices)
