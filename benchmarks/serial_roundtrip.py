@@ -5,10 +5,15 @@ Side by side, in one run:
   its emulated line rate and unthrottled, against a bare pty echo of the same byte counts (pyserial write,
   an echo thread on the pty master, pyserial read: what the transport alone costs);
 - throughput of a prepared ``linear`` (64 in, 64 out, float32) fed batches of 1024 vectors, pipelined
-  (window 4, the default) and stop-and-wait (window 1), at the emulated line rate and unthrottled.
+  (window 4, the default) and stop-and-wait (window 1), at the emulated line rate and unthrottled;
+- the same board behind a line that corrupts 0.1% and 1% of the bytes each way (one random bit flipped per
+  corrupted byte): time to open (handshake, with the 5.8 kB CAPABILITIES answer of a memristor board),
+  programming (write-verified), and goodput of batches of 256 vectors, results checked against float64.
 
 line_rate_fraction = tensor bytes carried per second toward the board / line capacity (baud / 10 bytes/s,
 8N1): framing, headers and CRCs count as loss. Target (issue 8): >= 0.8 at the emulated rate.
+goodput_fraction = the same on the corrupting line (chunked transfers, selective repeat): retransmissions count
+as loss too. Target (issue 14): programming verified and results correct at 1%, goodput reported.
 
     python benchmarks/serial_roundtrip.py
 """
@@ -36,6 +41,12 @@ FEATURES = 64
 BATCH = 1024
 REPEATS = 3
 TARGET_FRACTION = 0.8
+CORRUPTION_RATES = (0.001, 0.01)
+CORRUPTED_BATCH = 256
+CORRUPTED_REPEATS = 2
+#: Link options on the corrupting line: a shorter first timeout than the default 1 s (a lost frame with nothing after
+#: it waits that long once before probes start), more resends allowed, a wider window of small frames.
+CORRUPTED_OPTIONS = "timeout_s=0.2&retries=8&window=8"
 
 
 def hosted_kind() -> str:
@@ -84,6 +95,7 @@ def bare_pty_rtt(request_bytes: int, answer_bytes: int) -> list[float]:
         timings.append(time.perf_counter() - start)
     stop.set()
     os.write(slave, b"\x00" * request_bytes)  # wake the echo thread so it can exit
+    thread.join()
     port.close()
     os.close(master)
     os.close(slave)
@@ -121,6 +133,47 @@ def throughput(device, window: int) -> dict:
     return result
 
 
+def corrupted(rate: float) -> dict:
+    """Open, program and run the board over a line corrupting ``rate`` of the bytes each way."""
+    kind = hosted_kind()
+    start = time.perf_counter()
+    device = hal.device(f"{kind}:0?port=emu&baud={DEFAULT_BAUD}&faults=corrupt:{rate},seed:1&{CORRUPTED_OPTIONS}")
+    try:
+        open_s = time.perf_counter() - start
+        tolerance = device.capabilities.ops["linear"].tolerance["float32"]
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(FEATURES, FEATURES, generator=g) / 8
+        x = torch.randn(CORRUPTED_BATCH, FEATURES, generator=g)
+        start = time.perf_counter()
+        program = device.prepare(hal.OpSpec("linear", [x], {"weight": w}), {"weight": w})
+        program_s = time.perf_counter() - start
+        reference = x.double() @ w.double().T
+        runs, errors = [], []
+        for _ in range(CORRUPTED_REPEATS):
+            start = time.perf_counter()
+            y = program(x)
+            runs.append(time.perf_counter() - start)
+            errors.append(float((y.double() - reference).norm() / reference.norm()))
+        seconds = statistics.median(runs)
+        capacity = DEFAULT_BAUD / BITS_PER_BYTE
+        board = device.status()
+        counters = vars(device.client.counters)
+        return {
+            "corrupt_per_byte": rate, "baud": DEFAULT_BAUD, "hosted": kind, "link_options": CORRUPTED_OPTIONS,
+            "open_s": open_s, "program_s": program_s,
+            "programming_verified": device.program_attempts == 1 and device.verify_failures == 0,
+            "program_attempts": device.program_attempts, "verify_failures": device.verify_failures,
+            "batch": CORRUPTED_BATCH, "seconds_per_batch": runs, "relative_error_vs_float64": errors, "declared_tolerance": tolerance,
+            "results_correct": max(errors) <= tolerance,
+            "goodput_fraction": CORRUPTED_BATCH * FEATURES * 4 / seconds / capacity,
+            "frame_bytes_at_end": device.client.frame_bytes, "byte_error_estimate": device.client.byte_error,
+            "host_link_counters": counters, "frames_rejected_by_host": device.client.frames_rejected,
+            "frames_rejected_by_board": board["rx_bad_crc"] + board["rx_bad_frame"], "duplicates_replayed_by_board": board["duplicates"],
+        }
+    finally:
+        device.close()
+
+
 def measure(baud: int) -> dict:
     kind = hosted_kind()
     device = hal.device(f"{kind}:0?port=emu&baud={baud}")
@@ -145,6 +198,8 @@ def main() -> None:
     answer = len(encode_frame(p.Message(Command.STATUS | p.RESPONSE_BIT, 1, 1, 0, bytes(p.STATUS_RESPONSE.size)).pack()))
     bare = bare_pty_rtt(request, answer)
     emulated, unthrottled = measure(DEFAULT_BAUD), measure(0)
+    lossy = {f"{rate:g}": corrupted(rate) for rate in CORRUPTION_RATES}
+    at_1pct = lossy["0.01"]
     line_floor_ms = (request + answer) * BITS_PER_BYTE / DEFAULT_BAUD * 1e3
     fraction = emulated["pipelined"]["line_rate_fraction"]
     document = {
@@ -154,6 +209,7 @@ def main() -> None:
                           "rtt_median_ms": statistics.median(bare) * 1e3, "rtt_p99_ms": percentile(bare, 0.99) * 1e3},
         "emulated_line": emulated,
         "unthrottled": unthrottled,
+        "corrupting_line": lossy,
         "summary": {
             "baud": DEFAULT_BAUD,
             "rtt_median_ms": emulated["rtt_median_ms"],
@@ -168,6 +224,12 @@ def main() -> None:
             "tensor_mb_per_s_unthrottled": unthrottled["pipelined"]["tensor_bytes_per_s"] / 1e6,
             "target_line_rate_fraction": TARGET_FRACTION,
             "target_met": fraction >= TARGET_FRACTION,
+            "goodput_fraction_at_0_1pct": lossy["0.001"]["goodput_fraction"],
+            "goodput_fraction_at_1pct": at_1pct["goodput_fraction"],
+            "open_s_at_1pct": at_1pct["open_s"],
+            "programming_verified_at_1pct": at_1pct["programming_verified"],
+            "results_correct_at_1pct": at_1pct["results_correct"],
+            "target_1pct_met": at_1pct["programming_verified"] and at_1pct["results_correct"],
         },
     }
     path = write_result("serial_roundtrip", document)

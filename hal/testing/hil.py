@@ -12,7 +12,8 @@ cpu), ``--hil-records DIR`` (default ``hil-records/``). Marker ``@pytest.mark.hi
 Fixtures:
   ``hil_device``   a ready device for each target (the test runs once per target), opened once per session;
   ``hil_board``    a factory ``hil_board(faults="drop:0.01", kind=None, **options)`` opening a fresh emulated
-                   board with a fault plan (skips on real targets, where faults cannot be injected);
+                   board with a fault plan (skips on real targets, where faults cannot be injected, and for a kind
+                   no target names when every target is a real board);
   ``hil_record``   the test's record: ``hil_record.measure(name, value, units=, low=, high=)``. A measurement
                    outside its limits fails the test (after it ran to the end), like an OpenHTF validator.
 
@@ -263,7 +264,13 @@ def hil_board(request: pytest.FixtureRequest, hil_session: HilSession, hil_recor
         from hal.drivers.serial import BoardDevice
 
         kind = kind or hil_session.targets[0].kind
-        base = next((t for t in hil_session.targets if t.kind == kind), Target(kind, "emu"))
+        base = next((t for t in hil_session.targets if t.kind == kind), None)
+        if base is None:  # a kind no target names: emulate it only where the session emulates boards at all
+            emulated = [t for t in hil_session.targets if t.emulated]
+            if not emulated:
+                real = ", ".join(f"{t.kind}={t.url}" for t in hil_session.targets)
+                pytest.skip(f"faults are injected by the board emulator; every target is a real board ({real})")
+            base = Target(kind, emulated[0].url)
         if not base.emulated:
             pytest.skip(f"faults are injected by the board emulator; the {kind} target is a real board ({base.url})")
         if faults:

@@ -7,16 +7,22 @@ are independent of the array physics, and a cpu-hosted emulator starts in about 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 import torch
 
 import hal
+from hal.drivers.serial.protocol import PROTOCOL_VERSION
 from hal.errors import DeviceFailure
 from hal.testing.samples import relative_error
 
 pytest_plugins = ["hal.testing.hil"]
+
+#: Seconds allowed beyond the silence budget for closing the link (killing the emulator, joining its threads).
+STOP_MARGIN_S = 1.0
 
 
 def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -30,7 +36,7 @@ def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) 
 def test_board_identity(hil_device, hil_record) -> None:
     identity = hil_device.capabilities.identity
     assert identity["firmware"] and identity["serial"]
-    hil_record.measure("protocol_version", int(identity["protocol"]), low=1, high=1)
+    hil_record.measure("protocol_version", int(identity["protocol"]), low=PROTOCOL_VERSION, high=PROTOCOL_VERSION)
     hil_record.measure("handshake_round_trip", hil_device.round_trip_s, "s")
 
 
@@ -131,3 +137,24 @@ def test_stuck_cells_fail_write_verify(hil_board, hil_record) -> None:
     with pytest.raises(DeviceFailure, match="write-verify"):
         _run_linear(board, 4)
     hil_record.measure("verify_failures", board.verify_failures, low=1)
+
+
+def test_stopped_board_fails_within_the_budget_and_reopens(hil_board, hil_record) -> None:
+    board = hil_board(kind="cpu", timeout_s=0.2, retries=2)
+    x, w = torch.randn(256, 64), torch.randn(64, 64)  # 64 kB of inputs: 16 kB RUN frames, more than a pty buffers
+    program = board.prepare(hal.OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    process = board.link.process
+    budget_s = board.client.silence_budget_s()
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(DeviceFailure, match="stopped answering"):
+            program(x)
+        seconds = time.monotonic() - start
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+    hil_record.measure("seconds_to_failure", seconds, "s", high=budget_s + STOP_MARGIN_S,
+                       docstring="a stopped board fails the call within the client's silence budget (+ closing the link)")
+    assert board.closed and process.poll() is not None  # the device closed itself and ended its emulator
+    hil_record.measure("write_stalls", board.client.counters.write_stalls, low=1)

@@ -5,89 +5,54 @@ port; ``?port=emu`` starts the board emulator behind a pseudo-terminal (hosting 
 registry), ``?port=loop://`` runs it in this process, ``?port=socket://host:7000`` reaches one over TCP.
 The device's kind is the board's kind: the board's CAPABILITIES answer must name it.
 
-Integrity: programming is write-verify (stage, commit with a CRC of the staged values, read back what the
-array holds and compare within the board's declared tolerance); every frame carries a CRC-32 and a
-sequence number, and lost or corrupted answers are asked again; an answer from a new board session (a
+The device holds the link and its session; the work is done by small parts it owns: ``slots.py`` (which
+matrix is in which board slot), ``compiler.py`` (an OpSpec as a write-verified slot and RUN requests),
+``cost.py`` (estimates), ``capabilities.py`` (what the board declares), ``client.py`` (the protocol engine).
+
+Integrity: programming is write-verify; every frame carries a CRC-32 and a sequence number, long messages
+travel in chunks, and lost or corrupted frames are sent again; an answer from a new board session (a
 reboot) makes the driver say HELLO again, reprogram what it had programmed and repeat the request. A
-result is returned only when the board answered it intact with status OK.
+result is returned only when the board answered it intact with status OK. A board that stops answering
+fails the call within the client's silence budget, and the device closes itself, so that the next
+``hal.device(uri)`` opens the board afresh.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import numpy as np
 import torch
 
-from hal.capability import Capabilities, Figure, OpSupport, Paradigm
+from hal.capability import Capabilities, Figure
 from hal.device import Check, Cost, Device, DeviceInfo, DeviceURI, OpSpec, Option, Program, Support, bounded_float, bounded_int
+from hal.drivers.serial import discovery
 from hal.drivers.serial import protocol as p
-from hal.drivers.serial.client import BoardClient, BoardError, BoardReset, LinkCounters, NoAnswer, Request
+from hal.drivers.serial.capabilities import board_capabilities, check_answer
+from hal.drivers.serial.client import BoardClient, BoardError, BoardReset, NoAnswer, Request
+from hal.drivers.serial.compiler import BoardCompiler, matrix_shape
+from hal.drivers.serial.cost import BoardCostModel
 from hal.drivers.serial.faults import FaultPlan
-from hal.drivers.serial.framing import crc32, encoded_limit
 from hal.drivers.serial.protocol import Command, ProtocolError, Status
-from hal.drivers.serial.transport import BITS_PER_BYTE, DEFAULT_BAUD, EmulatorSpec, LinkLost, open_link
+from hal.drivers.serial.slots import SlotAllocator
+from hal.drivers.serial.transport import DEFAULT_BAUD, EmulatorSpec, LinkLost, open_link
 from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput
+
+T = TypeVar("T")
 
 #: Times one operation may meet a rebooted board (each time: HELLO, reprogram, repeat) before giving up.
 MAX_RECOVERIES = 3
-#: Programming attempts before write-verify declares the array defective.
-PROGRAM_ATTEMPTS = 2
-#: A read-back cell fails verification when it is further from the written value than this many
-#: standard deviations of the per-cell error the board's tolerance allows (tolerance * rms of the matrix).
-VERIFY_SIGMAS = 6.0
-#: STATUS round trips timed at open for the measured round-trip figure.
-RTT_SAMPLES = 5
+#: STATUS round trips, answered at the first attempt, timed at open for the measured round-trip figure, and the
+#: most STATUS requests sent to get them (on a line that loses half its frames, a few are answered at once).
+RTT_SAMPLES, RTT_TRIES = 5, 50
 EMULATED = ("emu", "loop://")
 
 
 def _faults(text: str) -> str:
     return str(FaultPlan.parse(text))
-
-
-@dataclass
-class BoardSection:
-    """The ``board`` capability section: how the board is reached and what the link can carry."""
-
-    transport: str
-    port: str
-    baud_rate: int
-    framing: str
-    protocol_version: int
-    max_payload_bytes: int
-    slots: int
-    max_rows: int
-    max_cols: int
-    line_rate: Figure | None
-    round_trip: Figure
-
-
-@dataclass
-class Resident:
-    """A matrix the host keeps so it can program a slot, and program it again after an eviction or a reboot."""
-
-    weight: np.ndarray  # (rows, cols) float32
-    bias: np.ndarray | None
-    relu: bool
-    slot: int | None = None
-    session: int = 0
-
-    @property
-    def rows(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def cols(self) -> int:
-        return self.weight.shape[1]
-
-    def values(self) -> np.ndarray:
-        flat = self.weight.reshape(-1)
-        return np.concatenate([flat, self.bias]) if self.bias is not None else flat
 
 
 class BoardDevice(Device):
@@ -98,9 +63,9 @@ class BoardDevice(Device):
     OPTIONS = {
         "port": Option(str, None, "the link: a serial device (/dev/ttyUSB0, COM3), a pyserial URL (socket://host:port), 'emu' (board emulator on a pty) or 'loop://' (emulator in this process)"),
         "baud": Option(bounded_int(0), DEFAULT_BAUD, f"line rate in baud, 8N1 (default {DEFAULT_BAUD}); for emulated boards the rate they emulate, 0 = unthrottled"),
-        "timeout_s": Option(bounded_float(0, include_low=False), 1.0, "seconds to wait for an answer beyond the time its bytes take on the line"),
-        "retries": Option(bounded_int(0), 3, "times an idempotent request is resent after a timeout or a corrupted answer"),
-        "window": Option(bounded_int(1, 32), 4, "requests in flight at once (1 = stop-and-wait)"),
+        "timeout_s": Option(bounded_float(0, include_low=False), 1.0, "seconds to wait for an answer beyond the time its bytes take on the line; doubles with each resend"),
+        "retries": Option(bounded_int(0), 3, "times a frame is resent after its answer is overdue (a board silent through all of them fails the call)"),
+        "window": Option(bounded_int(1, 32), 4, "frames in flight at once (1 = stop-and-wait)"),
         "device": Option(str, "", "emulated boards only: the hosted device's own options, URL-encoded (device=tile%3D128 hosts memristor:0?tile=128)"),
         "faults": Option(_faults, "", "emulated boards only: fault plan, e.g. faults=drop:0.001,brownout:5 (see hal/drivers/serial/faults.py)"),
     }
@@ -114,12 +79,7 @@ class BoardDevice(Device):
         if port not in EMULATED and (self.options["device"] or self.options["faults"]):
             raise InvalidInput(f"{self.uri}: device= and faults= configure the board emulator; they apply to port=emu or port=loop:// only")
         self._link_lock = threading.RLock()
-        self._residents: list[Resident | None] = []
-        self._use_order: list[int] = []
-        self._estimates: dict[tuple[int, int, int], dict[str, Any]] = {}
         self._seed: int | None = None
-        self.program_attempts = 0
-        self.verify_failures = 0
         spec = EmulatorSpec(self.kind, self.options["device"], self.options["faults"], self.options["baud"])
         try:
             self.link = open_link(port, self.options["baud"], spec)
@@ -130,71 +90,71 @@ class BoardDevice(Device):
         self.client = BoardClient(self.link, self.options["timeout_s"], self.options["retries"], self.options["window"])
         try:
             self._handshake()
-        except (NoAnswer, LinkLost, BoardError, BoardReset, ProtocolError) as exc:
+        except (DeviceFailure, LinkLost) as exc:
             self.link.close()
             raise DeviceUnavailable(str(self.uri), f"no board answered the handshake on {port}: {exc}",
                                     "check the cable, power and baud rate (?baud=), and that the board runs hal protocol firmware") from None
         except BaseException:
             self.link.close()
             raise
+        self.slots = SlotAllocator(int(self.board["slots"]))
+        self.compiler = BoardCompiler(str(self.uri), self.client, self.board, self.slots, self._call)
+        self.cost_model = BoardCostModel(self.link.baud, self.round_trip_s, self._ask_estimate)
 
     def _handshake(self) -> None:
-        self.client.hello()
-        self.identity = p.decode_json(self.client.call(Command.IDENTIFY).payload, "IDENTIFY")
-        self.board = p.decode_json(self.client.call(Command.CAPABILITIES).payload, "CAPABILITIES")
-        for key in ("kind", "paradigm", "simulated", "ops", "slots", "max_rows", "max_cols", "readback_tolerance"):
-            if key not in self.board:
-                raise ProtocolError(f"the board's CAPABILITIES answer lacks {key!r} (see docs/serial-protocol.md)")
+        self.identity, self.board = self.client.identify()
+        check_answer(self.board)
         if self.board["kind"] != self.kind:
             raise DeviceUnavailable(str(self.uri), f"the board on {self.options['port']} is a {self.board['kind']!r} board, not {self.kind!r}",
                                     f"open it as {self.board['kind']}:{self.index}?port={self.options['port']}")
-        self._residents = [None] * int(self.board["slots"])
-        timings = []
-        for _ in range(RTT_SAMPLES):
+        self.round_trips_s = self._clean_round_trips()
+        self.round_trip_s = statistics.median(self.round_trips_s)
+
+    def _clean_round_trips(self) -> list[float]:
+        """Seconds of STATUS round trips answered at their first attempt (a resent one times the timeout, not the link)."""
+        timings: list[float] = []
+        for _ in range(RTT_TRIES):
+            retries = self.client.counters.retries
             start = time.perf_counter()
             self.client.call(Command.STATUS, answer_bytes=p.STATUS_RESPONSE.size)
-            timings.append(time.perf_counter() - start)
-        self.round_trip_s = statistics.median(timings)
+            if self.client.counters.retries == retries:
+                timings.append(time.perf_counter() - start)
+            if len(timings) == RTT_SAMPLES:
+                break
+        if not timings:
+            raise NoAnswer(f"none of {RTT_TRIES} STATUS requests was answered at the first attempt; the line loses too much")
+        return timings
 
     # ---- discovery
     @classmethod
     def probe(cls) -> list[DeviceInfo]:
-        """Emulated boards for the kinds whose drivers are installed, and every port that answers the handshake."""
-        from hal import registry
-        from hal.drivers.serial import discovery
-
+        """Boards on the ports the user opted in to probing (HAL_SERIAL_PORTS); without it, one entry saying how to opt in."""
+        ports = discovery.configured_ports()
+        if not ports:
+            return [DeviceInfo(uri="serial:0", kind="serial", available=False,
+                               reason=f"board discovery is opt-in: no serial port is probed unless {discovery.PORTS_VARIABLE} lists it",
+                               fix=discovery.OPT_IN)]
         infos = []
-        for kind in ("memristor", "photonic"):
-            if kind in registry.drivers():
-                hosted = registry.probe(kind)
-                available = any(i.available for i in hosted)
-                reason = "" if available else f"the board emulator hosts {kind}:0, which is unavailable: {hosted[0].reason if hosted else 'not probed'}"
-                infos.append(DeviceInfo(uri=f"{kind}:0?port=emu", kind=kind, available=available, reason=reason,
-                                        fix="" if available else f"see `hal doctor` for {kind}", simulated=True,
-                                        summary={"transport": "pty", "emulator": "python -m hal.drivers.serial.board"}))
-        try:
-            reports = discovery.scan()
-        except Exception as exc:  # noqa: BLE001 (probe never raises)
-            return infos + [DeviceInfo(uri="serial:0", kind="serial", available=False, reason=f"listing serial ports failed: {exc}", fix="check pyserial (pip install 'hal[serial]')")]
         counts: dict[str, int] = {}
-        for report in reports:
+        for report in discovery.scan(ports):
             if report.answered:
                 index = counts.get(report.kind, 0)
                 counts[report.kind] = index + 1
                 infos.append(DeviceInfo(uri=f"{report.kind}:{index}?port={report.device}", kind=report.kind, available=True,
                                         simulated=report.simulated, summary={k: str(v) for k, v in report.identity.items()}))
+            else:
+                infos.append(DeviceInfo(uri=f"serial:0?port={report.device}", kind="serial", available=False, reason=report.problem,
+                                        fix="not a hal board, wrong baud, or board unpowered; remove it from " + discovery.PORTS_VARIABLE))
         return infos
 
     @classmethod
     def diagnose(cls) -> list[Check]:
-        """Libraries, pseudo-terminals, and every serial port with the result of its handshake."""
+        """Libraries, pseudo-terminals, the system's serial ports, and the handshake on the opted-in ones."""
         import os
 
         import cobs
         import crcmod
         import serial
-
-        from hal.drivers.serial import discovery
 
         checks = [Check("serial libraries", True, f"pyserial {serial.__version__}, cobs {getattr(cobs, '__version__', 'installed')}, crcmod {getattr(crcmod, '__version__', 'installed')}")]
         try:
@@ -204,59 +164,24 @@ class BoardDevice(Device):
             checks.append(Check("pseudo-terminals (board emulator)", True, "os.openpty works: ?port=emu is usable"))
         except OSError as exc:
             checks.append(Check("pseudo-terminals (board emulator)", False, str(exc), "use ?port=loop:// (in-process emulator) instead"))
-        reports = discovery.scan()
-        if not reports:
-            checks.append(Check("serial ports", True, "no serial ports found", "connect a board, or use ?port=emu"))
-        for r in reports:
+        configured = discovery.configured_ports()
+        for r in discovery.system_ports():
+            if r.device not in configured:
+                checks.append(Check(f"serial port {r.device} ({r.description})", True, f"not probed: hal writes only to ports listed in {discovery.PORTS_VARIABLE}"))
+        if not configured:
+            checks.append(Check("board discovery", True, "opt-in, and no port is opted in", discovery.OPT_IN))
+        for r in discovery.scan(configured):
             detail = f"{r.kind} board {r.identity.get('model', '')} firmware {r.identity.get('firmware', '?')}" if r.answered else r.problem
             checks.append(Check(f"serial port {r.device} ({r.description})", r.answered, detail, "" if r.answered else "not a hal board, wrong baud, or board unpowered"))
         return checks
 
-    # ---- capabilities
+    # ---- capabilities, support, cost
     def _build_capabilities(self) -> Capabilities:
-        b = self.board
-        ops = {}
-        for name, decl in b["ops"].items():
-            ops[name] = OpSupport(tuple(decl["dtypes"]), {k: float(v) for k, v in decl["tolerance"].items()},
-                                  {k: int(v) for k, v in decl.get("limits", {}).items()}, decl.get("notes", ""))
-        source = f"datasheet:CAPABILITIES answer of {self.identity.get('model', 'the board')} firmware {self.identity.get('firmware', '?')}"
-        line_rate = None
-        if self.link.baud:
-            line_rate = Figure.derived(self.link.baud / BITS_PER_BYTE, "B/s", f"baud / {BITS_PER_BYTE} bit times per byte (8N1) = {self.link.baud} / {BITS_PER_BYTE}")
-        section = BoardSection(
-            transport=self.link.transport, port=self.link.url, baud_rate=self.link.baud, framing="COBS + CRC-32/ISO-HDLC",
-            protocol_version=p.PROTOCOL_VERSION, max_payload_bytes=self.client.max_payload, slots=int(b["slots"]),
-            max_rows=int(b["max_rows"]), max_cols=int(b["max_cols"]), line_rate=line_rate,
-            round_trip=Figure.measured(self.round_trip_s, "s", f"median of {RTT_SAMPLES} STATUS round trips at open"),
-        )
-        sections: dict[str, Any] = {k: v for k, v in b.get("sections", {}).items() if k != "board"}
-        sections["board"] = section
-        peak = self._figures(b.get("peak", {}))
-        if line_rate is not None:
-            peak["link_bytes_per_s"] = line_rate
-        memory = Figure(float(b["memory_bytes"]), "B", source) if "memory_bytes" in b else None
-        identity = {k: str(v) for k, v in self.identity.items()}
-        identity.update(port=self.link.url, transport=self.link.transport)
-        return Capabilities(
-            uri=str(self.uri), kind=self.kind, paradigm=Paradigm(b["paradigm"]), simulated=bool(b["simulated"]),
-            identity=identity, ops=ops, deterministic=bool(b.get("deterministic", True)), memory_bytes=memory,
-            peak=peak, energy=self._figures(b.get("energy", {})), sections=sections,
-            notes=[*b.get("notes", []), "float32 on the wire; results come from the board over the link (write-verified programming)."],
-        )
+        round_trip = Figure.measured(self.round_trip_s, "s", f"median of {len(self.round_trips_s)} STATUS round trips at open, each answered at its first attempt")
+        return board_capabilities(str(self.uri), self.kind, self.identity, self.board, self.link, self.client.max_payload, round_trip)
 
-    @staticmethod
-    def _figures(table: dict[str, Any]) -> dict[str, Figure]:
-        figures = {}
-        for name, d in table.items():
-            try:
-                figures[name] = Figure(float(d["value"]), str(d["unit"]), str(d["source"]), str(d.get("note", "")))
-            except (KeyError, TypeError, ValueError):
-                continue  # a figure without provenance is not reported
-        return figures
-
-    # ---- support and cost
     def _check(self, op: OpSpec) -> Support | None:
-        rows, cols = self._matrix_shape(op)
+        rows, cols = matrix_shape(op)
         limit_rows, limit_cols = int(self.board["max_rows"]), int(self.board["max_cols"])
         if rows > limit_rows or cols > limit_cols:
             return Support.no(f"{self.uri} holds matrices up to {limit_rows}x{limit_cols} (out x in); this {op.name} needs {rows}x{cols}. Split the layer.")
@@ -267,78 +192,33 @@ class BoardDevice(Device):
             return Support.no(f"one {cols}-in/{rows}-out vector needs {per_vector} payload bytes; the board's frames carry {self.client.max_payload}")
         return None
 
-    @staticmethod
-    def _matrix_shape(op: OpSpec) -> tuple[int, int]:
-        """(rows, cols) = (out, in) of the matrix programmed into the array for ``op``."""
-        if op.name == "matmul":
-            b = op.inputs[1].shape
-            return b[-1] or 1, b[-2] or 1
-        weight = op.param("weight")
-        return weight.shape[0], weight.shape[1]
-
-    @staticmethod
-    def _batch(op: OpSpec) -> int:
-        shape = op.inputs[0].shape[:-1]
-        return math.prod(s or 1 for s in shape) if shape else 1
-
     def estimate(self, op: OpSpec) -> Cost:
-        """Line time of the bytes each way (full duplex: the larger direction bounds a pipelined stream) plus one
-        measured round trip, plus the board's own compute estimate (ESTIMATE command); matmul adds programming."""
-        rows, cols = self._matrix_shape(op)
-        batch = self._batch(op)
-        compute = self._board_estimate(rows, cols, batch)
-        byte_time = BITS_PER_BYTE / self.link.baud if self.link.baud else 0.0
-        to_board = encoded_limit(p.HEADER_BYTES + p.RUN.size + batch * cols * 4)
-        to_host = encoded_limit(p.HEADER_BYTES + p.RUN_RESPONSE.size + batch * rows * 4)
-        latency = max(to_board, to_host) * byte_time + self.round_trip_s + compute["latency_s"]
-        formula = f"max(request, answer bytes) * {BITS_PER_BYTE} / baud + measured round trip + board compute ({compute['formula']})"
-        if op.name == "matmul":
-            latency += 2 * rows * cols * 4 * byte_time  # write and read back the second operand
-            formula += " + programming (write + read back of the second operand)"
-        return Cost(latency, float(compute["energy_j"]), float(compute["error"]), formula)
+        return self.cost_model.estimate(op)
 
-    def _board_estimate(self, rows: int, cols: int, batch: int) -> dict[str, Any]:
-        key = (rows, cols, batch)
-        if key not in self._estimates:
-            answer = self._call(lambda: self.client.call(Command.ESTIMATE, p.ESTIMATE.pack(rows, cols, batch), 256))
-            self._estimates[key] = p.decode_json(answer.payload, "ESTIMATE")
-        return self._estimates[key]
+    def _ask_estimate(self, rows: int, cols: int, batch: int) -> dict[str, Any]:
+        answer = self._call(lambda: self.client.call(Command.ESTIMATE, p.ESTIMATE.pack(rows, cols, batch)))
+        return p.decode_json(answer.payload, "ESTIMATE")
 
-    # ---- programs
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
-        if op.name == "linear":
-            weight = params["weight"].detach().to("cpu", torch.float32).numpy().copy()
-            bias = params.get("bias")
-            resident = Resident(weight, None if bias is None else bias.detach().to("cpu", torch.float32).numpy().copy(), op.attr("activation") == "relu")
-            self._call(lambda: self._ensure_programmed(resident))
+        return Program(op, self, self.estimate(op), self.compiler.runner(op, params))
 
-            def run_linear(x: torch.Tensor) -> torch.Tensor:
-                flat = x.detach().to("cpu", torch.float32).reshape(-1, resident.cols).numpy()
-                y = self._call(lambda: self._mvm(resident, flat))
-                return torch.from_numpy(y).reshape(*x.shape[:-1], resident.rows)
+    @property
+    def program_attempts(self) -> int:
+        """Slot programmings started (each write-verified)."""
+        return self.compiler.program_attempts
 
-            return Program(op, self, self.estimate(op), run_linear)
+    @property
+    def verify_failures(self) -> int:
+        """Programmings whose read-back disagreed with what was written."""
+        return self.compiler.verify_failures
 
-        def run_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-            a3 = a.detach().to("cpu", torch.float32).expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
-            b3 = b.detach().to("cpu", torch.float32).expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
-            if b.dim() == 2:  # one matrix for every batch element: program it once
-                resident = Resident(b3[0].T.contiguous().numpy(), None, False)
-                y = self._call(lambda: self._mvm(resident, a3.reshape(-1, a.shape[-1]).numpy()))
-                return torch.from_numpy(y).reshape(*batch, a.shape[-2], b.shape[-1])
-            outs = [torch.from_numpy(self._matmul_one(ai.numpy(), bi.numpy())) for ai, bi in zip(a3, b3)]
-            return torch.stack(outs).reshape(*batch, a.shape[-2], b.shape[-1])
+    # ---- every board action
+    def _call(self, action: Callable[[], T]) -> T:
+        """Run a board action holding the link; a reboot is recovered from, link and board failures become hal errors.
 
-        return Program(op, self, self.estimate(op), run_matmul)
-
-    def _matmul_one(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """a @ b with b (K, N) programmed as an N x K matrix and a's rows streamed through it."""
-        resident = Resident(np.ascontiguousarray(b.T), None, False)
-        return self._call(lambda: self._mvm(resident, a))
-
-    def _call(self, action):
-        """Run a board action holding the link; a reboot is recovered from, link and board failures become hal errors."""
+        A board that stopped answering (or a link that is gone) closes this device: its programs are invalidated,
+        the registry forgets it, and the next ``hal.device(uri)`` opens the board again.
+        """
         with self._link_lock:
             self._ensure_open()
             rebooted = False
@@ -350,18 +230,21 @@ class BoardDevice(Device):
                 except BoardReset:
                     rebooted = True
                 except (NoAnswer, LinkLost) as exc:
-                    raise DeviceFailure(f"{self.uri}: the board stopped answering ({exc}). Check the link; `hal doctor` tries the port.") from None
+                    self.close()
+                    raise DeviceFailure(f"{self.uri}: the board stopped answering ({exc}). The device was closed; hal.device({str(self.uri)!r}) "
+                                        "opens it again. Check the link; `hal doctor` tries ports listed in HAL_SERIAL_PORTS.") from None
                 except BoardError as exc:
                     raise self._translate(exc) from None
+                except ProtocolError as exc:
+                    raise ProtocolError(f"{self.uri}: the board broke the protocol: {exc}") from None
             raise DeviceFailure(f"{self.uri}: the board rebooted {MAX_RECOVERIES + 1} times during one operation; check its power supply")
 
     def _recover(self) -> None:
         """After a reboot: a new session, nothing programmed any more, the seed given again."""
-        self._residents = [None] * len(self._residents)
-        self._use_order.clear()
+        self.slots.forget_all()
         self.client.hello()
         if self._seed is not None:
-            self.client.call(Command.SEED, p.SEED.pack(self._seed))
+            self.client.call(Command.SEED, p.SEED.pack(self._seed), 0)
 
     def _translate(self, exc: BoardError) -> Exception:
         if exc.status == Status.CAPACITY:
@@ -370,106 +253,11 @@ class BoardDevice(Device):
             return InvalidInput(f"{self.uri}: {exc.text}")
         return DeviceFailure(f"{self.uri}: {exc}")
 
-    def _ensure_programmed(self, resident: Resident) -> None:
-        slot = resident.slot
-        if slot is not None and self._residents[slot] is resident and resident.session == self.client.session:
-            self._touch(slot)
-            return
-        free = [i for i, r in enumerate(self._residents) if r is None]
-        slot = free[0] if free else self._use_order[0]
-        evicted = self._residents[slot]
-        if evicted is not None:
-            evicted.slot = None
-        self._residents[slot] = None
-        self._write_verify(slot, resident)
-        resident.slot, resident.session = slot, self.client.session
-        self._residents[slot] = resident
-        self._touch(slot)
-
-    def _touch(self, slot: int) -> None:
-        if slot in self._use_order:
-            self._use_order.remove(slot)
-        self._use_order.append(slot)
-
-    def _write_verify(self, slot: int, resident: Resident) -> None:
-        """Stage, commit (CRC of the staged bytes), read back and compare; refuse the program if cells disagree."""
-        values = resident.values().astype(np.float32)
-        problem = ""
-        for _ in range(PROGRAM_ATTEMPTS):
-            self.program_attempts += 1
-            self._program(slot, resident, values)
-            problem = self._verify(resident, self._read_back(slot, values.size))
-            if not problem:
-                return
-            self.verify_failures += 1
-        raise DeviceFailure(f"{self.uri}: write-verify of slot {slot} failed {PROGRAM_ATTEMPTS} times: {problem}. "
-                            "The array has defective cells; use another board or map the layer around them.")
-
-    def _program(self, slot: int, resident: Resident, values: np.ndarray) -> None:
-        flags = (p.FLAG_BIAS if resident.bias is not None else 0) | (p.FLAG_RELU if resident.relu else 0)
-        chunk = (self.client.max_payload - p.PROGRAM_WRITE.size) // 4
-        requests = [Request(Command.PROGRAM_BEGIN, p.PROGRAM_BEGIN.pack(slot, resident.rows, resident.cols, flags))]
-        requests += [Request(Command.PROGRAM_WRITE, p.PROGRAM_WRITE.pack(slot, start) + p.floats_to_bytes(values[start:start + chunk]))
-                     for start in range(0, values.size, chunk)]
-        self.client.exchange(requests[:1])  # BEGIN must land before the writes it sizes
-        self.client.exchange(requests[1:])
-        commit = Request(Command.PROGRAM_COMMIT, p.PROGRAM_COMMIT.pack(slot, crc32(p.floats_to_bytes(values))), busy_s=float(self.board.get("program_time_s", 0.0)))
-        self.client.exchange([commit])
-
-    def _read_back(self, slot: int, size: int) -> np.ndarray:
-        chunk = self.client.max_payload // 4
-        requests = [Request(Command.READBACK, p.READBACK.pack(slot, start, min(chunk, size - start)), min(chunk, size - start) * 4)
-                    for start in range(0, size, chunk)]
-        answers = self.client.exchange(requests)
-        realized = np.concatenate([p.bytes_to_floats(a.payload, "READBACK answer") for a in answers])
-        if realized.size != size:
-            raise DeviceFailure(f"{self.uri}: read back {realized.size} values of a {size}-value slot")
-        return realized
-
-    def _verify(self, resident: Resident, realized: np.ndarray) -> str:
-        """'' if the read-back matches the written matrix within the board's tolerance, else what disagrees."""
-        tolerance = float(self.board["readback_tolerance"])
-        n = resident.rows * resident.cols
-        written, read = resident.weight.reshape(-1).astype(np.float64), realized[:n].astype(np.float64)
-        if not np.isfinite(read).all():
-            return "the board read back NaN/inf"
-        scale = float(np.sqrt(np.mean(written ** 2))) or 1.0
-        error = np.abs(read - written)
-        band = VERIFY_SIGMAS * tolerance * scale
-        bad = np.flatnonzero(error > band)
-        relative = float(np.linalg.norm(read - written) / (np.linalg.norm(written) or 1.0))
-        allowed = int(float(self.board.get("defect_allowance", 0.0)) * n)
-        if bad.size <= allowed and relative <= tolerance:
-            return ""
-        worst = int(np.argmax(error))
-        r, c = divmod(worst, resident.cols)
-        return (f"{bad.size} of {n} cells (the board allows {allowed}) differ from the written weights by more than {band:.3g} "
-                f"(worst: cell ({r}, {c}) written {written[worst]:.4g}, read {read[worst]:.4g}); "
-                f"relative error {relative:.3g} vs tolerance {tolerance:.3g}")
-
-    def _mvm(self, resident: Resident, x: np.ndarray) -> np.ndarray:
-        """y = x W^T (+ b) on the board, ``x`` (batch, cols) split into frames that fit the payload limit."""
-        self._ensure_programmed(resident)
-        slot = resident.slot
-        per_request = max(1, min((self.client.max_payload - p.RUN.size) // (resident.cols * 4),
-                                 (self.client.max_payload - p.RUN_RESPONSE.size) // (resident.rows * 4)))
-        requests = [Request(Command.RUN, p.RUN.pack(slot, len(part)) + p.floats_to_bytes(part), p.RUN_RESPONSE.size + len(part) * resident.rows * 4)
-                    for part in (x[i:i + per_request] for i in range(0, len(x), per_request))]
-        outputs = []
-        for request, answer in zip(requests, self.client.exchange(requests)):
-            (batch, rows), data = p.unpack(p.RUN_RESPONSE, answer.payload, "RUN answer", trailing=True)
-            y = p.bytes_to_floats(data, "RUN answer")
-            sent = (len(request.payload) - p.RUN.size) // (4 * resident.cols)
-            if batch != sent or rows != resident.rows or y.size != batch * rows:
-                raise DeviceFailure(f"{self.uri}: RUN answer holds {batch}x{rows} values ({y.size} floats) for a {sent}x{resident.rows} request")
-            outputs.append(y.reshape(batch, rows))
-        return np.concatenate(outputs) if outputs else np.zeros((0, resident.rows), np.float32)
-
     # ---- lifecycle
     def manual_seed(self, seed: int) -> None:
         """Seed the board's noise sources (the emulator seeds its hosted device); repeated after a reboot."""
         self._seed = int(seed) & 0xFFFFFFFFFFFFFFFF
-        self._call(lambda: self.client.call(Command.SEED, p.SEED.pack(self._seed)))
+        self._call(lambda: self.client.call(Command.SEED, p.SEED.pack(self._seed), 0))
 
     def status(self) -> dict[str, int]:
         """The board's STATUS counters (boot id, frames, CRC rejects, duplicates, programs, runs, resets)."""
@@ -482,7 +270,7 @@ class BoardDevice(Device):
         with self._link_lock:
             before = self.client.session
             try:
-                self.client.call(Command.RESET)
+                self.client.exchange([Request(Command.RESET, answer_bytes=0)])
             except NoAnswer:
                 pass  # the answer may be lost with the reboot; the new session below tells
             except (LinkLost, BoardError) as exc:
@@ -492,10 +280,11 @@ class BoardDevice(Device):
                 raise DeviceFailure(f"{self.uri}: the board did not reboot on RESET (boot id unchanged)")
 
     def telemetry(self) -> dict[str, Any]:
-        counters: LinkCounters = self.client.counters
+        counters = self.client.counters
         return {
             "board": self.status(),
-            "link": {**vars(counters), "frames_rejected": self.client.frames_rejected,
+            "link": {**vars(counters), "frames_rejected": self.client.frames_rejected, "frame_bytes": self.client.frame_bytes,
+                     "byte_error_estimate": self.client.byte_error,
                      "program_attempts": self.program_attempts, "verify_failures": self.verify_failures},
         }
 

@@ -9,8 +9,8 @@ corrupt:P       each byte, in either direction, has one random bit flipped with 
 delay:S         each answer is held back S seconds before it is sent (a busy board, a slow USB bridge)
 delay_p:P       only a fraction P of answers is delayed (default 1)
 disconnect:N    after N received frames the board closes its end of the link for good (cable pulled)
-brownout:N      the board reboots while receiving its N-th RUN request and never answers it (supply dip);
-                it comes back with a new boot id and empty slots
+brownout:N      the board reboots while receiving its N-th RUN request sent whole (in one frame, not as a
+                transfer) and never answers it (supply dip); it comes back with a new boot id and empty slots
 stuck:N         N array cells are stuck at the high-conductance state (they read back as the largest
                 weight magnitude whatever was written): write-verify must refuse the program
 seed:K          seed of the fault random generator (default 0), so a failing test repeats

@@ -2,10 +2,11 @@
 
 ``Firmware.handle(request) -> response`` is everything a real board's firmware does between its UART
 and its analog/photonic array: check version and session, answer duplicate requests from a replay
-cache, stage weights, program them on commit (here: ``prepare`` a ``linear`` Program on the hosted
-device, opened through the registry as ``hal.device("memristor:0")``), measure what was actually
-programmed (read back), run batched matrix-vector products, count everything. It does no I/O;
-``board.py`` feeds it frames from a pty, socket or loopback.
+cache, reassemble requests that arrive in chunks and keep their answers for reading back in chunks
+(``transfer.py``), stage weights, program them on commit (here: ``prepare`` a ``linear`` Program on the
+hosted device, opened through the registry as ``memristor:0``), measure what was actually programmed
+(read back), run batched matrix-vector products, count everything. It does no I/O; ``board.py`` feeds it
+frames from a pty, socket or loopback.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from importlib.metadata import version
 
 import numpy as np
 import torch
 
+from hal.device import Device, OpSpec, Program, TensorSpec
 from hal.drivers.serial import protocol as p
 from hal.drivers.serial.framing import crc32
 from hal.drivers.serial.protocol import Command, Message, ProtocolError, Status
+from hal.drivers.serial.transfer import TransferIncomplete, TransferTable
+from hal.errors import CapacityExceeded, HalError, ProgramInvalidated
+from hal.registry import open_device
 
 #: Requests remembered for replay: a resent request (same seq, same bytes) gets the stored answer
 #: instead of being executed again. Must exceed the host's pipeline window.
@@ -85,12 +91,39 @@ class Slot:
     cols: int
     flags: int
     staged: np.ndarray
-    program: object | None = None
+    program: Program | None = None
     realized: np.ndarray | None = None
 
     @property
     def has_bias(self) -> bool:
         return bool(self.flags & p.FLAG_BIAS)
+
+    def discard_program(self, reason: str) -> None:
+        """Give the committed program back to the hosted device now (see ``release_program``)."""
+        if self.program is not None:
+            release_program(self.program, reason)
+        self.program = None
+        self.realized = None
+
+
+def _released(*inputs: torch.Tensor) -> torch.Tensor:
+    raise ProgramInvalidated("this board slot was reprogrammed; its program no longer exists")
+
+
+def release_program(program: Program, reason: str) -> None:
+    """Free a program the board no longer holds at once, not at the next cyclic garbage collection.
+
+    The program is invalidated; a hosted device that lends programs resources (the memristor driver's tiles)
+    gets them back through the program's ``release()``; and the program's run function is dropped, because a
+    run closure that refers to its own program (as the memristor driver's does) forms a reference cycle that
+    reference counting cannot free: a board reprogramming its slots would otherwise grow by every replaced
+    program's arrays until the collector runs.
+    """
+    release = getattr(program, "release", None)
+    if callable(release):
+        release()
+    program.invalidate(reason)
+    program.run = _released
 
 
 @dataclass
@@ -121,22 +154,26 @@ class Firmware:
     boot_id: int = 0
     counters: Counters = field(default_factory=Counters)
     slots: dict[int, Slot] = field(default_factory=dict)
+    transfers: TransferTable = field(default_factory=TransferTable)
     reboot_requested: bool = False
     _booted_at: float = 0.0
     _replay: OrderedDict = field(default_factory=OrderedDict)
-    _device: object | None = None
+    _device: Device | None = None
 
     def __post_init__(self) -> None:
-        import hal
-
-        self._device = hal.device(self.config.hosted_uri)
+        self._device = open_device(self.config.hosted_uri)
         if "linear" not in self._device.capabilities.ops:
             raise ValueError(f"{self.config.hosted_uri} does not run 'linear'; a board needs a device that computes matrix-vector products")
         self.reboot()
 
     @property
-    def device(self):
+    def device(self) -> Device:
         return self._device
+
+    def _clear_slots(self, reason: str) -> None:
+        for slot in self.slots.values():
+            slot.discard_program(reason)
+        self.slots.clear()
 
     def reboot(self) -> None:
         """Power cycle: a fresh nonzero boot id, no programmed slots, counters zeroed (RAM) except ``resets``,
@@ -144,7 +181,8 @@ class Firmware:
         resets = self.counters.resets
         self.boot_id = secrets.randbits(32) or 1
         self.counters = Counters(resets=resets + 1)
-        self.slots.clear()
+        self._clear_slots("the board rebooted")
+        self.transfers.clear()
         self._replay.clear()
         self.reboot_requested = False
         self._booted_at = time.monotonic()
@@ -188,6 +226,8 @@ class Firmware:
         if command not in p.SESSIONLESS and request.session != self.boot_id:
             text = f"request names session {request.session:#010x}, board is in session {self.boot_id:#010x} (it rebooted); say HELLO and reprogram"
             return self._answer(request, Status.STALE_SESSION, text.encode())
+        if command in p.EMPTY_REQUEST and request.payload:
+            return self._answer(request, Status.MALFORMED, f"{command.name} carries no payload; this one has {len(request.payload)} bytes".encode())
         handler = getattr(self, f"_cmd_{command.name.lower()}")
         try:
             return self._answer(request, Status.OK, handler(request.payload))
@@ -203,17 +243,16 @@ class Firmware:
         (host_version, host_max_payload), _ = p.unpack(p.HELLO_REQUEST, payload, "HELLO")
         if host_version < p.PROTOCOL_VERSION:
             raise BoardFault(Status.VERSION_MISMATCH, f"board needs protocol version >= {p.PROTOCOL_VERSION}, host offers {host_version}")
-        self.slots.clear()
+        self._clear_slots("a host opened a new session")
+        self.transfers.clear()
         return p.HELLO_RESPONSE.pack(p.PROTOCOL_VERSION, p.PROTOCOL_VERSION, min(self.config.max_payload, host_max_payload))
 
     def _cmd_identify(self, payload: bytes) -> bytes:
-        import hal
-
         return p.encode_json({
             "vendor": "hal",
             "model": f"{self.config.kind}-board-emulator",
             "serial": self.config.serial_number,
-            "firmware": f"hal-emu {hal.__version__}",
+            "firmware": f"hal-emu {version('hal')}",
             "protocol": p.PROTOCOL_VERSION,
             "hosted": self.config.hosted_uri,
         })
@@ -266,6 +305,9 @@ class Firmware:
         used = sum(s.staged.size for i, s in self.slots.items() if i != index) * 4
         if used + size * 4 > self.config.memory_bytes:
             raise BoardFault(Status.CAPACITY, f"staging needs {size * 4} bytes, {self.config.memory_bytes - used} of {self.config.memory_bytes} are free")
+        previous = self.slots.pop(index, None)
+        if previous is not None:
+            previous.discard_program(f"slot {index} was programmed again")
         self.slots[index] = Slot(rows, cols, flags, np.zeros(size, dtype=np.float32))
         return b""
 
@@ -276,8 +318,7 @@ class Firmware:
         if offset + values.size > slot.staged.size:
             raise BoardFault(Status.MALFORMED, f"write of {values.size} values at {offset} overruns the slot's {slot.staged.size}")
         slot.staged[offset:offset + values.size] = values
-        slot.program = None
-        slot.realized = None
+        slot.discard_program(f"slot {index} was written again")
         return b""
 
     def _cmd_program_commit(self, payload: bytes) -> bytes:
@@ -291,6 +332,7 @@ class Firmware:
         weight = slot.staged[: slot.rows * slot.cols].reshape(slot.rows, slot.cols).copy()
         self._stick(weight)
         bias = slot.staged[slot.rows * slot.cols:] if slot.has_bias else None
+        slot.discard_program(f"slot {index} was committed again")
         slot.program, slot.realized = self._program(weight, bias)
         self.counters.programs += 1
         return b""
@@ -304,21 +346,22 @@ class Firmware:
         cells = rng.choice(weight.size, size=n, replace=False)
         weight.reshape(-1)[cells] = float(np.abs(weight).max()) or 1.0
 
-    def _program(self, weight: np.ndarray, bias: np.ndarray | None) -> tuple[object, np.ndarray]:
+    def _program(self, weight: np.ndarray, bias: np.ndarray | None) -> tuple[Program, np.ndarray]:
         """Program the hosted device, then measure what it holds (``realized``: weights row-major, then bias)."""
-        import hal
-        from hal.errors import CapacityExceeded, HalError
-
         params = {"weight": torch.from_numpy(weight)}
         if bias is not None:
             params["bias"] = torch.from_numpy(bias.copy())
-        op = hal.OpSpec("linear", inputs=[hal.TensorSpec((None, weight.shape[1]))], params=params)
+        op = OpSpec("linear", inputs=[TensorSpec((None, weight.shape[1]))], params=params)
         try:
             program = self._device.prepare(op, params)
-            realized_weight, realized_bias = read_array(program, weight.shape[1])
         except CapacityExceeded as exc:
             raise BoardFault(Status.CAPACITY, str(exc)) from None
         except HalError as exc:
+            raise BoardFault(Status.DEVICE_ERROR, f"{type(exc).__name__}: {exc}") from None
+        try:
+            realized_weight, realized_bias = read_array(program, weight.shape[1])
+        except HalError as exc:
+            release_program(program, "its read-back failed")
             raise BoardFault(Status.DEVICE_ERROR, f"{type(exc).__name__}: {exc}") from None
         realized = realized_weight.reshape(-1)
         if bias is not None:
@@ -349,12 +392,10 @@ class Firmware:
         return p.RUN_RESPONSE.pack(batch, slot.rows) + p.floats_to_bytes(y.to(torch.float32).numpy())
 
     def _cmd_estimate(self, payload: bytes) -> bytes:
-        import hal
-
         (rows, cols, batch), _ = p.unpack(p.ESTIMATE, payload, "ESTIMATE")
         if not (rows and cols and batch):
             raise BoardFault(Status.MALFORMED, "ESTIMATE needs nonzero rows, cols and batch")
-        op = hal.OpSpec("linear", inputs=[hal.TensorSpec((batch, cols))], params={"weight": hal.TensorSpec((rows, cols))})
+        op = OpSpec("linear", inputs=[TensorSpec((batch, cols))], params={"weight": TensorSpec((rows, cols))})
         cost = self._device.estimate(op)
         return p.encode_json({"latency_s": cost.latency_s, "energy_j": cost.energy_j, "error": cost.error, "formula": f"{self.config.hosted_uri}: {cost.formula}"})
 
@@ -375,3 +416,30 @@ class Firmware:
     def _cmd_reset(self, payload: bytes) -> bytes:
         self.reboot_requested = True
         return b""
+
+    # ---- transfers (transfer.py): requests that arrive in chunks, answers read back in chunks
+    def _cmd_put(self, payload: bytes) -> bytes:
+        (transfer, offset, total), data = p.unpack(p.PUT, payload, "PUT", trailing=True)
+        if total > p.HEADER_BYTES + self.config.max_payload:
+            raise BoardFault(Status.CAPACITY, f"a {total}-byte request exceeds the {p.HEADER_BYTES}-byte header + {self.config.max_payload}-byte payload limit")
+        try:
+            request = self.transfers.put(transfer, offset, total, data)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        if request is None:
+            return b""
+        carried = Message.unpack(request)
+        if carried.is_response or carried.request_command in (Command.PUT, Command.GET):
+            raise ProtocolError(f"transfer {transfer} carries command 0x{carried.command:02x}; a transfer carries one request other than PUT or GET")
+        self.transfers.answered(transfer, self.handle(request).pack())
+        return b""
+
+    def _cmd_get(self, payload: bytes) -> bytes:
+        (transfer, offset, count), _ = p.unpack(p.GET, payload, "GET")
+        try:
+            answer, crc = self.transfers.answer(transfer)
+        except TransferIncomplete as exc:
+            raise BoardFault(Status.INCOMPLETE, str(exc)) from None
+        if offset > len(answer) or p.GET_RESPONSE.size + count > self.config.max_payload:
+            raise BoardFault(Status.MALFORMED, f"GET of {count} bytes at {offset} exceeds the {len(answer)}-byte answer or the payload limit")
+        return p.GET_RESPONSE.pack(len(answer), crc) + answer[offset:offset + count]

@@ -1,4 +1,4 @@
-"""The board wire protocol, version 1: message header, command codes, status codes, payload layouts.
+"""The board wire protocol, version 2: message header, command codes, status codes, payload layouts.
 
 A message is a 9-byte little-endian header followed by a command-specific payload::
 
@@ -10,8 +10,11 @@ A message is a 9-byte little-endian header followed by a command-specific payloa
                           responses: the board's current boot id
     8      1    status    requests: 0; responses: a Status code
 
-``framing.py`` wraps a message with a CRC-32 and COBS for the wire. This module only packs and unpacks
-messages and their payloads; it does no I/O. ``docs/serial-protocol.md`` is the firmware author's reference.
+``framing.py`` wraps a message with a CRC-32 and COBS for the wire. A message longer than the host's current
+frame limit travels as a *transfer*: numbered chunks, each in its own frame with its own CRC (PUT toward the
+board, GET back), so a corrupted byte costs one chunk, not the message (``client.py``). This module only packs
+and unpacks messages and their payloads; it does no I/O. ``docs/serial-protocol.md`` is the firmware author's
+reference.
 """
 
 from __future__ import annotations
@@ -24,16 +27,22 @@ from typing import Any
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+from hal.errors import DeviceFailure
+
+#: Version 2 added transfers (PUT, GET, status INCOMPLETE) and in-order answers (section 7 of the spec).
+PROTOCOL_VERSION = 2
 RESPONSE_BIT = 0x80
 HEADER = struct.Struct("<BBHIB")
 HEADER_BYTES = HEADER.size
-#: Largest payload a version-1 board may declare; both sides refuse bigger frames before decoding them.
+#: Largest payload a board may declare; both sides refuse bigger frames before decoding them.
 MAX_PAYLOAD_LIMIT = 1 << 20
+#: Transfers a board must remember at once (section 7 of the spec); the host keeps no more open.
+TRANSFER_DEPTH = 8
 
 
-class ProtocolError(Exception):
-    """A message that cannot be decoded: wrong length, unknown code, malformed payload."""
+class ProtocolError(DeviceFailure):
+    """A message that breaks the protocol: wrong length, unknown code, malformed payload, an answer that does not
+    answer its request. A DeviceFailure: a board that says something the protocol does not allow cannot be trusted."""
 
 
 class Command(enum.IntEnum):
@@ -51,6 +60,8 @@ class Command(enum.IntEnum):
     STATUS = 0x30
     SEED = 0x31
     RESET = 0x3F
+    PUT = 0x40
+    GET = 0x41
 
 
 #: Commands whose effect does not change when they are executed twice, so a lost answer can be asked again.
@@ -58,6 +69,8 @@ class Command(enum.IntEnum):
 IDEMPOTENT = frozenset(set(Command) - {Command.RESET})
 #: Commands a board answers whatever session the request names (they open or inspect a session).
 SESSIONLESS = frozenset({Command.HELLO, Command.IDENTIFY, Command.CAPABILITIES, Command.STATUS, Command.RESET})
+#: Commands whose request carries no payload; stray bytes after the header are MALFORMED.
+EMPTY_REQUEST = frozenset({Command.IDENTIFY, Command.CAPABILITIES, Command.STATUS, Command.RESET})
 
 
 class Status(enum.IntEnum):
@@ -74,6 +87,7 @@ class Status(enum.IntEnum):
     CHECKSUM = 8
     DEVICE_ERROR = 9
     INVALID_VALUE = 10
+    INCOMPLETE = 11
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,9 @@ RUN = struct.Struct("<BI")  # slot, batch; then batch * cols float32
 RUN_RESPONSE = struct.Struct("<II")  # batch, rows; then batch * rows float32
 ESTIMATE = struct.Struct("<III")  # rows, cols, batch; the answer is JSON {latency_s, energy_j, error, formula}
 SEED = struct.Struct("<Q")
+PUT = struct.Struct("<HII")  # transfer id (the carried request's seq), byte offset, total bytes; then the bytes
+GET = struct.Struct("<HII")  # transfer id, byte offset, byte count
+GET_RESPONSE = struct.Struct("<II")  # total bytes of the answer message, its CRC-32; then the bytes asked for
 STATUS_FIELDS = (
     "boot_id", "uptime_ms", "rx_frames", "rx_bad_crc", "rx_bad_frame", "tx_frames", "duplicates",
     "programs", "runs", "resets", "slots_programmed",

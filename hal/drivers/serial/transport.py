@@ -23,6 +23,11 @@ from dataclasses import dataclass
 
 import serial
 
+try:
+    from termios import error as TermiosError
+except ImportError:  # not a POSIX system: pyserial reports its port errors as SerialException / OSError only
+    TermiosError = OSError
+
 #: Bit times per byte on an 8N1 UART: start bit, 8 data bits, stop bit.
 BITS_PER_BYTE = 10
 #: Default line rate: 921600 baud, a standard rate that the common USB-UART bridges support
@@ -32,8 +37,17 @@ DEFAULT_BAUD = 921_600
 EMULATOR_START_TIMEOUT_S = 120.0
 
 
+#: Shortest write timeout handed to pyserial: a write timeout of 0 would make its writes non-blocking (a partial
+#: write returns silently), so a call out of time still gets this long to finish a frame.
+MIN_WRITE_TIMEOUT_S = 1e-3
+
+
 class LinkLost(ConnectionError):
     """The link is gone (port unplugged, board process ended, socket closed)."""
+
+
+class LinkStalled(TimeoutError):
+    """A write did not finish within its timeout: the board stopped reading (part of the frame may be on the line)."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +71,13 @@ class Link:
         #: Line rate in baud used for timeouts and line-rate figures (0: no line limit, e.g. a socket or unthrottled pty).
         self.baud = baud
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, timeout_s: float) -> None:
+        """Write ``data`` within ``timeout_s``: LinkStalled if the port takes it no faster, LinkLost if it is gone."""
         try:
+            self.port.write_timeout = max(timeout_s, MIN_WRITE_TIMEOUT_S)
             self.port.write(data)
+        except serial.SerialTimeoutException:
+            raise LinkStalled(f"{self.url} took no more bytes for {timeout_s:.3g} s: the board is not reading") from None
         except (serial.SerialException, OSError) as exc:
             raise LinkLost(f"writing to {self.url} failed: {exc}") from None
 
@@ -75,16 +93,15 @@ class Link:
         except (serial.SerialException, OSError) as exc:
             raise LinkLost(f"reading from {self.url} failed: {exc}") from None
 
-    def reset_input(self) -> None:
-        try:
-            self.port.reset_input_buffer()
-        except (serial.SerialException, OSError) as exc:
-            raise LinkLost(f"{self.url}: {exc}") from None
-
     def describe(self) -> dict[str, object]:
         return {"transport": self.transport, "port": self.url, "baud_rate": self.baud}
 
     def close(self) -> None:
+        """Drop unsent output first: a tty holds its close until its output drains, which a stopped board never does."""
+        try:
+            self.port.reset_output_buffer()
+        except (serial.SerialException, OSError, TermiosError):  # a port already gone: nothing left to drop
+            pass
         try:
             self.port.close()
         except (serial.SerialException, OSError):
@@ -143,13 +160,11 @@ class EmulatorLink(Link):
             raise
 
     def _stop(self) -> None:
+        """End the emulator with SIGKILL: it keeps nothing that needs an orderly exit, and SIGKILL also ends a stopped
+        (SIGSTOP) process at once, where SIGTERM would wait for it to be continued."""
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.process.kill()
+            self.process.wait()
         self.process.stdout.close()
         self._stderr.close()
 
@@ -177,6 +192,14 @@ class InProcessLink(Link):
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="board-emulator")
         self._thread.start()
         super().__init__(_LoopHostEnd(to_board, to_host), "loop://", spec.baud)
+
+    def write(self, data: bytes, timeout_s: float) -> None:
+        """No write timeout: the in-process board drains its queue on a thread of this process, so a write cannot stall
+        (and pyserial's loop:// would time writes out against its 9600 baud model of the line)."""
+        try:
+            self.port.write(data)
+        except serial.SerialException as exc:
+            raise LinkLost(f"writing to {self.url} failed: {exc}") from None
 
     def close(self) -> None:
         self.server.close()
@@ -206,13 +229,6 @@ class _LoopHostEnd:
 
     def write(self, data: bytes) -> int:
         return self._tx.write(data)
-
-    def reset_input_buffer(self) -> None:
-        self._rx.reset_input_buffer()
-
-    def close(self) -> None:
-        self._tx.close()
-        self._rx.close()
 
 
 class _LoopBoardEnd:
