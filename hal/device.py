@@ -342,7 +342,15 @@ class Program:
         self._invalid_reason: str | None = None
 
     def invalidate(self, reason: str) -> None:
+        """Mark the Program unusable and drop its ``run``: a closure over device state (and often over the
+        Program itself) that would otherwise keep that state alive in a reference cycle until a GC pass."""
         self._invalid_reason = reason
+        message = f"this {self.op.name} program on {self.device} can no longer run: {reason}. Prepare it again."
+
+        def refuse(*_: Any) -> Any:
+            raise ProgramInvalidated(message)
+
+        self.run = refuse
 
     @property
     def valid(self) -> bool:

@@ -239,3 +239,14 @@ def test_bounded_option_parsers_say_the_range():
             bounded_float(0)(bad)
     with pytest.raises(ValueError, match="> 0"):
         bounded_float(0, include_low=False)("0")
+
+
+def test_an_invalidated_program_drops_its_run_and_refuses_calls():
+    d = hal.device("cpu")
+    program = d.prepare(OpSpec("relu", [torch.randn(3)]))
+    program.invalidate("its resources were reprogrammed")
+    assert not program.valid
+    with pytest.raises(ProgramInvalidated, match="reprogrammed"):
+        program.run(torch.randn(3))
+    with pytest.raises(ProgramInvalidated, match="reprogrammed"):
+        program(torch.randn(3))

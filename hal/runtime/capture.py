@@ -313,9 +313,22 @@ def _map_function(gm: fx.GraphModule, node: fx.Node, constant: Callable[[Any], t
     if target is F.gelu and isinstance(args[0], fx.Node) and len(args) == 1:
         return _Mapped("gelu", [args[0]], {}, {"approximate": node.kwargs.get("approximate", "none")})
     if target in (F.softmax, torch.softmax):
+        # Dynamo writes nn.Softmax as F.softmax(x, dim, _stacklevel=5, dtype=None): neither changes the result
         dim = _arg(node, 1, "dim")
-        if isinstance(dim, int) and isinstance(args[0], fx.Node) and set(node.kwargs) <= {"dim"}:
+        plain = set(node.kwargs) <= {"dim", "_stacklevel", "dtype"} and node.kwargs.get("dtype") is None
+        if isinstance(dim, int) and isinstance(args[0], fx.Node) and plain:
             return _Mapped("softmax", [args[0]], {}, {"dim": dim})
+        return None
+    if target is F.conv2d:  # Dynamo writes nn.Conv2d this way, with the weight a constant of the graph
+        weight, bias = _arg(node, 1, "weight"), _arg(node, 2, "bias")
+        w = constant(weight) if isinstance(weight, fx.Node) else None
+        b = constant(bias) if isinstance(bias, fx.Node) else None
+        geometry = {key: _arg(node, i, key, default) for i, key, default in ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1))}
+        groups = _arg(node, 6, "groups", 1)
+        numeric = all(isinstance(v, int) or (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(e, int) for e in v)) for v in geometry.values())
+        if w is not None and w.dim() == 4 and (bias is None or b is not None) and isinstance(args[0], fx.Node) and numeric and isinstance(groups, int):
+            attrs = {key: (v, v) if isinstance(v, int) else tuple(v) for key, v in geometry.items()}
+            return _Mapped("conv2d", [args[0]], {"weight": w, "bias": b}, {**attrs, "groups": groups})
         return None
     if target is F.linear:
         weight, bias = _arg(node, 1, "weight"), _arg(node, 2, "bias")

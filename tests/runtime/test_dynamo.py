@@ -353,3 +353,23 @@ def test_the_backend_is_found_by_name_in_a_fresh_process():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+class ConvSoftmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, stride=2)
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.softmax(self.conv(x))
+
+
+def test_dynamo_forms_of_conv2d_and_softmax_become_device_ops():
+    model, backend = seeded(ConvSoftmax), Recorder()
+    compiled = torch.compile(model, backend=backend, options=PLACE)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    plan = next(iter(backend.compiled[0].placed.plans.values())).plan
+    assert [n.op.name for n in plan.graph.nodes if n.op is not None] == ["conv2d", "softmax"]
