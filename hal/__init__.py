@@ -5,17 +5,25 @@
     d = hal.device("cpu")              # open a device by string, torch.device style
     y = d.matmul(a, b)                 # eager op
     p = d.prepare(hal.OpSpec("linear", inputs=[x], params={"weight": w}), {"weight": w}); p(x)
+
+``import hal`` is light: it loads the errors, the capability data and the registry, not torch and no driver.
+The contract (``hal.Device``, ``hal.OpSpec``, ...) and with it torch is imported on first use, drivers when
+a device of their kind is probed or opened, ``hal.runtime`` when it is first named. So ``hal --help`` starts
+without torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
+import sys
+import types
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from hal import registry
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
-from hal.device import Check, Cost, Device, DeviceInfo, DeviceURI, OpSpec, Program, Support, TensorSpec
 from hal.errors import (
     CapacityExceeded,
     DeviceFailure,
@@ -30,6 +38,12 @@ from hal.errors import (
     UnsupportedOp,
 )
 
+if TYPE_CHECKING:
+    from hal.device import Check, Cost, Device, DeviceInfo, DeviceURI, OpSpec, Program, Support, TensorSpec
+
+#: Names of the contract (hal/device.py, which imports torch), resolved on first use by ``__getattr__``.
+_CONTRACT_NAMES = ("Check", "Cost", "Device", "DeviceInfo", "DeviceURI", "OpSpec", "Program", "Support", "TensorSpec")
+
 __version__ = "0.1.0"
 
 _current: contextvars.ContextVar[Device | None] = contextvars.ContextVar("hal_current_device", default=None)
@@ -39,12 +53,17 @@ def device(uri: str | Device | None = None) -> Device:
     """Open (or return the already open) device named by ``uri``; with no argument, the current device.
 
     Raises UnknownDevice for a kind no driver provides (with close matches), DeviceUnavailable with the
-    probe's reason when the hardware or library is missing, InvalidInput for bad options.
+    probe's reason when the hardware or library is missing or the index is not one the driver lists (with
+    the devices it does list), InvalidInput for bad options.
     """
-    if isinstance(uri, Device):
-        return uri
     if uri is None:
         return current_device()
+    if isinstance(uri, str):
+        return registry.open_device(uri)
+    from hal.device import Device
+
+    if isinstance(uri, Device):
+        return uri
     return registry.open_device(uri)
 
 
@@ -56,13 +75,15 @@ def devices(all: bool = False, kind: str | None = None, refresh: bool = False) -
 
 def is_available(kind_or_uri: str) -> bool:
     """Whether a device of this kind (``"hopper"``) or this exact device (``"hopper:1"``) is available."""
+    from hal.device import DeviceURI
+
     uri = DeviceURI.parse(kind_or_uri)
     if uri.kind not in registry.drivers():
         return False
-    infos = registry.probe(uri.kind)
     if ":" not in kind_or_uri.split("?")[0]:
-        return any(i.available for i in infos)
-    return any(i.available and DeviceURI.parse(i.uri).base() == uri.base() for i in infos)
+        return any(i.available for i in registry.probe(uri.kind))
+    info = registry.listed(uri)
+    return info is not None and info.available
 
 
 def device_count(kind: str) -> int:
@@ -88,14 +109,30 @@ def device_scope(uri: str | Device) -> Iterator[Device]:
         _current.reset(token)
 
 
-def __getattr__(name: str):
-    """``hal.runtime`` is imported on first use, so ``import hal`` stays light."""
+def __getattr__(name: str) -> Any:
+    """The contract's names and ``hal.runtime`` are imported on first use, so ``import hal`` stays light."""
+    if name in _CONTRACT_NAMES:
+        return getattr(importlib.import_module("hal.device"), name)
     if name == "runtime":
-        import importlib
-
         return importlib.import_module("hal.runtime")
     raise AttributeError(f"module 'hal' has no attribute {name!r}")
 
+
+class _FrontDoor(types.ModuleType):
+    """The ``hal`` module's type: keeps ``hal.device`` the function when the submodule ``hal.device`` is imported.
+
+    Importing a submodule sets it as an attribute of its package, so the first ``from hal.device import ...``
+    (which now happens after this module ran, since the contract is imported lazily) would replace the function
+    ``hal.device`` by the module. The module stays reachable as ``sys.modules["hal.device"]``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "device" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _FrontDoor
 
 __all__ = [
     "Capabilities", "CapacityExceeded", "Check", "Cost", "DTypeError", "Device", "DeviceFailure", "DeviceInfo",

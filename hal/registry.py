@@ -4,28 +4,41 @@ Built-in drivers are registered in pyproject.toml exactly like third-party ones,
 a ``pip install`` away: an entry point ``kind = "package.module:DeviceClass"``.
 
 Probing never raises: a driver whose module fails to import, whose probe raises or hangs past the
-time limit, becomes an unavailable device with that reason. A device string with a ``port`` option
-(``memristor:0?port=/dev/ttyUSB0``) is a board reached over a serial link and is opened by the
-driver registered as ``serial``, whatever its kind.
+time limit, becomes an unavailable device with that reason, and the registry remembers that the
+driver itself is broken (``hal doctor`` exits non-zero for it), which is not the same as a device
+that is merely absent (the probe says so with a reason).
+
+Opening checks the device string against what the driver's probe lists: an index the probe does not
+list (``memristor:5``, ``memristor:abc``) is refused with the devices that exist, and a listed device
+the probe reports unavailable is refused with the probe's reason, so ``hal.device`` opens exactly what
+``hal.is_available`` says is there. Named devices follow the same rule: the IBM driver's probe lists
+the ideal simulator, every fake backend and, when an account is configured, the account's real
+processors (asking the service); when it cannot reach them it lists an unavailable placeholder whose
+reason is passed on. A device string with a ``port`` option (``memristor:0?port=/dev/ttyUSB0``) is a
+board reached over a serial link, opened by the driver registered as ``serial`` whatever its kind; it
+is in no probe list, so the board driver checks it when it connects.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from hal.errors import DeviceUnavailable, UnknownDevice
 
 if TYPE_CHECKING:
-    from hal.device import Check, Device, DeviceInfo
+    from hal.device import Check, Device, DeviceInfo, DeviceURI
 
 ENTRY_POINT_GROUP = "hal.drivers"
 BOARD_DRIVER = "serial"
 #: Seconds a driver's probe may take before it is reported as hung (override: HAL_PROBE_TIMEOUT_S).
 PROBE_TIMEOUT_S = float(os.environ.get("HAL_PROBE_TIMEOUT_S", "30"))
+#: Devices named one by one in an error about a missing index; beyond this the error says how many more and where to see them.
+LISTED_IN_ERRORS = 8
 
 
 @dataclass
@@ -42,8 +55,36 @@ class DriverEntry:
         return getattr(module, attr)
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """One driver's probe result: its devices, and why the driver itself is broken ("" when it is not)."""
+
+    devices: list[DeviceInfo]
+    broken: str = ""
+
+
+@dataclass(frozen=True)
+class DriverHealth:
+    """What ``hal doctor`` reports for one driver.
+
+    ``broken`` says why the driver itself does not work (its module fails to import, its probe raises
+    or hangs, its doctor checks raise); it is empty for a working driver, whose devices may still be
+    absent (each then says why in ``devices``).
+    """
+
+    kind: str
+    target: str
+    devices: list[DeviceInfo]
+    checks: list[Check] = field(default_factory=list)
+    broken: str = ""
+
+
+class _BrokenDriver(Exception):
+    """The driver's module or class could not be loaded (raised inside the probe thread, reported as broken)."""
+
+
 _drivers: dict[str, DriverEntry] | None = None
-_probed: dict[str, list[DeviceInfo]] = {}
+_probed: dict[str, _Probe] = {}
 _open: dict[str, Device] = {}
 _lock = threading.Lock()
 
@@ -61,6 +102,27 @@ def device_kinds() -> list[str]:
     return sorted(k for k in drivers() if k != BOARD_DRIVER)
 
 
+def _missing_dependency(entry: DriverEntry, exc: BaseException) -> str | None:
+    """The package a driver module needs but is not installed (an absent optional dependency), else None.
+
+    A missing module of the driver's own package (the entry point names a module that is not there) is
+    a broken installation, not a missing dependency.
+    """
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    own_package = entry.target.partition(":")[0].split(".")[0]
+    missing_package = exc.name.split(".")[0]
+    return None if missing_package == own_package else missing_package
+
+
+def _load_failure(entry: DriverEntry, exc: Exception) -> DeviceUnavailable:
+    """The error for a driver whose module or class did not load, saying which dependency is missing if one is."""
+    missing = _missing_dependency(entry, exc)
+    if missing is not None:
+        return DeviceUnavailable(f"{entry.kind}:*", f"its driver {entry.target} needs {missing!r}, which is not installed", _install_hint(entry.kind))
+    return DeviceUnavailable(f"{entry.kind}:*", f"its driver {entry.target} failed to import ({type(exc).__name__}: {exc})", _install_hint(entry.kind))
+
+
 def load_driver(kind: str) -> type[Device]:
     """The Device class for ``kind``; UnknownDevice if no driver has that kind, DeviceUnavailable if it fails to import."""
     entry = drivers().get(kind)
@@ -69,7 +131,7 @@ def load_driver(kind: str) -> type[Device]:
     try:
         return entry.load()
     except Exception as exc:  # an optional dependency or a broken plugin: report, never crash
-        raise DeviceUnavailable(f"{kind}:*", f"its driver {entry.target} failed to import ({type(exc).__name__}: {exc})", _install_hint(kind)) from exc
+        raise _load_failure(entry, exc) from exc
 
 
 def _install_hint(kind: str) -> str:
@@ -96,32 +158,67 @@ def _run_bounded(fn, timeout_s: float):
     return box.get("result"), box.get("error")
 
 
-def probe(kind: str, refresh: bool = False, timeout_s: float | None = None) -> list[DeviceInfo]:
-    """Probe one driver's devices (cached per process unless ``refresh``); never raises."""
+def _probe_driver(kind: str, timeout_s: float) -> _Probe:
+    """Load and probe one driver in a bounded thread; classify what went wrong as absent or broken."""
     from hal.device import DeviceInfo
 
+    entry = drivers().get(kind)
+
+    def run() -> list[DeviceInfo]:
+        if entry is None:
+            raise UnknownDevice(kind, device_kinds())
+        try:
+            cls = entry.load()
+        except Exception as exc:  # noqa: BLE001 (classified: a missing optional dependency is absence, the rest is a broken driver)
+            failure = _load_failure(entry, exc)
+            if _missing_dependency(entry, exc) is not None:
+                raise failure from exc
+            raise _BrokenDriver(failure.reason, failure.fix) from exc
+        return cls.probe()
+
+    def unavailable(reason: str, fix: str) -> list[DeviceInfo]:
+        return [DeviceInfo(uri=f"{kind}:0", kind=kind, available=False, reason=reason, fix=fix)]
+
+    result, error = _run_bounded(run, timeout_s)
+    if isinstance(error, DeviceUnavailable):
+        return _Probe(unavailable(error.reason, error.fix))
+    if isinstance(error, _BrokenDriver):
+        reason, fix = error.args
+        return _Probe(unavailable(reason, fix), broken=reason)
+    if isinstance(error, UnknownDevice):
+        return _Probe(unavailable(str(error), "run `hal doctor` to see the installed drivers"), broken=str(error))
+    if error is not None:
+        reason = f"probe failed: {type(error).__name__}: {error}"
+        return _Probe(unavailable(reason, "run `hal doctor` for details"), broken=reason)
+    if not isinstance(result, list) or not all(isinstance(i, DeviceInfo) for i in result):
+        reason = f"probe returned {type(result).__name__}, not a list of DeviceInfo"
+        return _Probe(unavailable(reason, "fix the driver's probe()"), broken=reason)
+    return _Probe(result)
+
+
+def _probed_record(kind: str, refresh: bool, timeout_s: float | None) -> _Probe:
     with _lock:
         if not refresh and kind in _probed:
             return _probed[kind]
-    limit = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
-
-    def run() -> list[DeviceInfo]:
-        return load_driver(kind).probe()
-
-    result, error = _run_bounded(run, limit)
-    if error is not None:
-        if isinstance(error, DeviceUnavailable):
-            reason, fix = error.reason, error.fix
-        else:
-            reason, fix = f"probe failed: {type(error).__name__}: {error}", "run `hal doctor` for details"
-        result = [DeviceInfo(uri=f"{kind}:0", kind=kind, available=False, reason=reason, fix=fix)]
+    record = _probe_driver(kind, PROBE_TIMEOUT_S if timeout_s is None else timeout_s)
     with _lock:
-        _probed[kind] = result
-    return result
+        _probed[kind] = record
+    return record
+
+
+def probe(kind: str, refresh: bool = False, timeout_s: float | None = None) -> list[DeviceInfo]:
+    """Probe one driver's devices (cached per process unless ``refresh``); never raises."""
+    return _probed_record(kind, refresh, timeout_s).devices
 
 
 def probe_all(refresh: bool = False) -> list[DeviceInfo]:
-    """Probe every driver in parallel (each time-bounded); one list, in kind order."""
+    """Probe every driver in parallel (each time-bounded); one list, in kind order.
+
+    The contract (and with it torch, which every driver imports) is imported here, in the calling thread,
+    so that no probe thread is the first to initialise torch's extension modules.
+    """
+    import hal.device  # noqa: F401
+
     kinds = drivers()
     results: dict[str, list[DeviceInfo]] = {}
     threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, probe(k, refresh)), daemon=True) for k in kinds]
@@ -132,22 +229,78 @@ def probe_all(refresh: bool = False) -> list[DeviceInfo]:
     return [info for k in sorted(kinds) for info in results.get(k, [])]
 
 
-def diagnose(kind: str) -> list[Check]:
-    """The driver's own doctor checks; a raising check becomes a failed Check (import failures show in probe)."""
+def listed(uri: DeviceURI) -> DeviceInfo | None:
+    """The probe's record of the device ``kind:index`` (options ignored), or None if the probe does not list it."""
+    from hal.device import DeviceURI
+
+    for info in probe(uri.kind):
+        if DeviceURI.parse(info.uri).base() == uri.base():
+            return info
+    return None
+
+
+def health(kind: str) -> DriverHealth:
+    """One driver's devices, its own doctor checks, and whether the driver itself is broken (never raises)."""
     from hal.device import Check
 
+    record = _probed_record(kind, refresh=False, timeout_s=None)
+    target = drivers()[kind].target
+    if record.broken:
+        return DriverHealth(kind, target, record.devices, [], record.broken)
     try:
         cls = load_driver(kind)
-    except DeviceUnavailable:
-        return []
+    except DeviceUnavailable:  # an optional dependency is missing: the probe already says so
+        return DriverHealth(kind, target, record.devices)
     result, error = _run_bounded(cls.diagnose, PROBE_TIMEOUT_S)
-    if error is not None:
-        return [Check(f"{kind} diagnostics", False, f"{type(error).__name__}: {error}")]
-    return list(result or [])
+    if error is None:
+        return DriverHealth(kind, target, record.devices, list(result or []))
+    missing = _missing_dependency(drivers()[kind], error)
+    if missing is not None:
+        check = Check(f"{kind} dependencies", False, f"{missing!r} is not installed", _install_hint(kind))
+        return DriverHealth(kind, target, record.devices, [check])
+    reason = f"its doctor checks raised {type(error).__name__}: {error}"
+    return DriverHealth(kind, target, record.devices, [Check(f"{kind} diagnostics", False, reason)], reason)
+
+
+def _listing(infos: list[DeviceInfo]) -> str:
+    """The devices a driver lists, for an error: available ones by name (the first few, then how many more and
+    where to see them), then every unavailable one with its reason (a placeholder there says what is missing)."""
+    available = [i.uri for i in infos if i.available]
+    unavailable = [f"{i.uri} ({i.reason})" for i in infos if not i.available]
+    parts = []
+    if available:
+        more = len(available) - LISTED_IN_ERRORS
+        text = ", ".join(available[:LISTED_IN_ERRORS])
+        parts.append(f"available: {text}" + (f" and {more} more (`hal devices --kind {infos[0].kind}` lists them)" if more > 0 else ""))
+    if unavailable:
+        parts.append(f"unavailable: {'; '.join(unavailable)}")
+    return "; ".join(parts)
+
+
+def _check_listed(uri: DeviceURI) -> None:
+    """Refuse a device the driver's probe does not list, or lists as unavailable (see the module docstring)."""
+    info = listed(uri)
+    if info is not None:
+        if not info.available:
+            raise DeviceUnavailable(str(uri), info.reason, info.fix)
+        return
+    infos = probe(uri.kind)
+    if not infos:
+        raise DeviceUnavailable(str(uri), f"the {uri.kind} driver lists no devices on this machine", f"run `hal doctor` to see why no {uri.kind} device is found")
+    available = [i.uri.split("?")[0] for i in infos if i.available]
+    close = difflib.get_close_matches(uri.base(), available, n=3, cutoff=0.6)
+    reason = f"there is no {uri.kind} device {str(uri.index)!r} here; the {uri.kind} driver lists {_listing(infos)}"
+    fixes = [f"use {' or '.join(close)}" if close else f"use one of the available devices, e.g. {available[0]}"] if available else []
+    fixes += [f"for {i.uri}: {i.fix}" for i in infos if not i.available and i.fix]
+    fix = "; ".join(fixes) or f"no {uri.kind} device is available here; `hal doctor` says why"
+    raise DeviceUnavailable(str(uri), reason, fix)
 
 
 def open_device(text: str) -> Device:
-    """The open Device for a device string (one instance per canonical URI, like torch.device identity)."""
+    """The open Device for a device string (one instance per canonical URI, like torch.device identity).
+
+    The device must be one the driver's probe lists as available (boards named by ``?port=`` excepted).
+    """
     from hal.device import DeviceURI
 
     uri = DeviceURI.parse(text)
@@ -158,7 +311,10 @@ def open_device(text: str) -> Device:
         device = _open.get(key)
     if device is not None and not device.closed:
         return device
-    driver_kind = BOARD_DRIVER if "port" in uri.option_map and BOARD_DRIVER in drivers() else uri.kind
+    board = "port" in uri.option_map and BOARD_DRIVER in drivers()
+    if not board:
+        _check_listed(uri)
+    driver_kind = BOARD_DRIVER if board else uri.kind
     cls = load_driver(driver_kind)
     device = cls(uri) if driver_kind == uri.kind else cls(uri, kind=uri.kind)  # type: ignore[call-arg]
     with _lock:

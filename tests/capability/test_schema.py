@@ -6,6 +6,7 @@ import jsonschema
 import pytest
 
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm, load_schema, validate
+from hal.capability.schema import SCHEMA_NAMES
 
 
 def _caps(**sections):
@@ -43,9 +44,17 @@ def test_section_figure_without_source_is_rejected():
         validate(doc)
 
 
-def test_unknown_section_name_is_rejected():
+def test_third_party_paradigm_and_section_are_accepted():
+    """A driver outside hal may name its own paradigm and section; the schema fixes their form, not a closed list."""
+    doc = _caps(memcomputing={"cells": 4096}).to_dict()
+    doc["paradigm"] = "memcomputing"
+    validate(doc)
+
+
+@pytest.mark.parametrize(("field", "value"), [("paradigm", "Not A Name"), ("paradigm", ""), ("sections", {"Bad Section": {}})])
+def test_malformed_paradigm_or_section_name_is_rejected(field, value):
     doc = _caps().to_dict()
-    doc["sections"] = {"astrology": {}}
+    doc[field] = value
     with pytest.raises(jsonschema.ValidationError):
         validate(doc)
 
@@ -55,6 +64,26 @@ def test_nan_is_never_written():
         _caps(analog={"noise": float("nan")}).to_dict()
 
 
-def test_schemas_are_valid_json_schema():
-    for which in ("capabilities", "devices"):
-        jsonschema.Draft202012Validator.check_schema(load_schema(which))
+@pytest.mark.parametrize("which", SCHEMA_NAMES)
+def test_schemas_are_valid_json_schema(which):
+    jsonschema.Draft202012Validator.check_schema(load_schema(which))
+
+
+def test_capabilities_list_reuses_the_capabilities_schema():
+    good = _caps().to_dict()
+    validate({"devices": [good, good]}, "capabilities_list")
+    bad = dict(good, memory_bytes={"value": 1.0, "unit": "B"})  # a figure without its source
+    with pytest.raises(jsonschema.ValidationError):
+        validate({"devices": [good, bad]}, "capabilities_list")
+
+
+def test_unavailable_device_must_say_why():
+    info = {"uri": "x:0", "kind": "x", "available": False, "reason": "", "fix": "", "simulated": False, "paradigm": None, "summary": {}}
+    with pytest.raises(jsonschema.ValidationError):
+        validate({"devices": [info]}, "devices")
+    validate({"devices": [dict(info, reason="unplugged")]}, "devices")
+
+
+def test_unknown_schema_name_lists_the_committed_ones():
+    with pytest.raises(ValueError, match="capabilities_list"):
+        load_schema("nosuch")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import hal
+from hal.drivers.cpu import CpuDevice, host
 from hal.errors import InvalidInput, UnknownDevice
 from hal.testing.conformance import DeviceConformance
 
@@ -70,3 +71,54 @@ def test_capabilities_figures_have_sources():
 def test_unknown_kind_suggests_close_match():
     with pytest.raises(UnknownDevice, match="cpu"):
         hal.device("cpux:0")
+
+
+# --------------------------------------------------------------------------- measured once, cached with its spread
+
+
+@pytest.fixture
+def rate_cache(tmp_path, monkeypatch):
+    """An empty cache directory and no figure remembered by this process; counts the measurements taken."""
+    monkeypatch.setenv(host.CACHE_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(host, "_memo", {})
+    calls = []
+    time_calls = host._time_calls
+    monkeypatch.setattr(host, "_time_calls", lambda fn, repeats: calls.append(repeats) or time_calls(fn, repeats))
+    return calls
+
+
+def test_peak_is_measured_once_and_reused_by_later_processes(rate_cache, monkeypatch):
+    first = host.peak_matmul_flops(torch.float32, 64)
+    monkeypatch.setattr(host, "_memo", {})  # as a new process would start
+    again = host.peak_matmul_flops(torch.float32, 64)
+    assert rate_cache == [host.REPEATS]
+    assert again == first and host.cache_file().is_file()
+    assert "median of 7 calls" in first.source and "min " in first.note and ", max " in first.note and "measured 20" in first.note
+
+
+def test_cache_entries_do_not_alias_across_measurements(rate_cache):
+    float32 = host.peak_matmul_flops(torch.float32, 64)
+    float64 = host.peak_matmul_flops(torch.float64, 64)
+    assert len(rate_cache) == 2 and "float32" in float32.source and "float64" in float64.source
+
+
+def test_unreadable_cache_is_measured_again(rate_cache):
+    host.cache_file().write_text("{not json")
+    figure = host.peak_matmul_flops(torch.float32, 64)
+    assert rate_cache == [host.REPEATS] and figure.value > 0
+
+
+def test_probe_never_measures(rate_cache):
+    (info,) = CpuDevice.probe()
+    assert rate_cache == [] and "peak_flop_per_s" not in info.summary and "not measured" in info.summary["peak"]
+    host.peak_matmul_flops(torch.float32)
+    (info,) = CpuDevice.probe()
+    assert info.summary["peak_flop_per_s"] == host.peak_matmul_flops(torch.float32).value and len(rate_cache) == 1
+
+
+def test_a_subclass_probe_lists_its_own_kind():
+    class Other(CpuDevice):
+        kind = "other_cpu"
+
+    (info,) = Other.probe()
+    assert info.uri == "other_cpu:0" and info.kind == "other_cpu"

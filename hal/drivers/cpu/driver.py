@@ -47,19 +47,18 @@ class CpuDevice(Device):
 
     @classmethod
     def probe(cls) -> list[DeviceInfo]:
+        """``cpu:0`` (named by ``cls.kind``, so a subclass lists its own kind); the peak rate only if already measured,
+        since a probe runs beside other drivers' probe threads and would measure a loaded machine."""
         memory = host.memory_total()
+        peak = host.measured_matmul_flops(torch.float32)
+        rate = {"peak_flop_per_s": peak.value, "peak_dtype": "float32"} if peak else {"peak": "not measured yet: hal query cpu"}
         return [
             DeviceInfo(
-                uri="cpu:0",
-                kind="cpu",
+                uri=f"{cls.kind}:0",
+                kind=cls.kind,
                 available=True,
                 paradigm=Paradigm.DIGITAL.value,
-                summary={
-                    "name": host.cpu_model(),
-                    "memory_bytes": memory.value if memory else None,
-                    "peak_flop_per_s": host.peak_matmul_flops().value,
-                    "peak_dtype": "float32",
-                },
+                summary={"name": host.cpu_model(), "memory_bytes": memory.value if memory else None, **rate},
             )
         ]
 
