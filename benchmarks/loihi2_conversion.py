@@ -1,5 +1,5 @@
 """ANN -> SNN conversion on scikit-learn's digits: a small MLP and a small CNN, trained here (seeded), converted
-with hal.drivers.loihi2.convert, and evaluated on the held-out set at several step counts.
+with ``hal.nn.convert(model, "loihi2:0", calibration=...)``, and evaluated on the held-out set at several step counts.
 
 Writes benchmarks/results/loihi2_conversion.json (summary.ann_minus_snn_pts: the larger of the two models' ANN
 minus SNN accuracy, in percentage points, at the stated steps ``summary.at_steps``: the fewest steps of the sweep
@@ -16,8 +16,8 @@ import time
 import torch
 from torch import nn
 
+import hal.nn
 from benchmarks.common import RESULTS, environment, write_result
-from hal.drivers.loihi2.conversion import convert
 
 
 def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -73,18 +73,18 @@ def study(name: str, model: nn.Module, shape: tuple[int, ...], data, steps_list:
     train(model, xtr, ytr, epochs)
     with torch.no_grad():
         ann = accuracy(model(xte), yte)
-    snn = convert(model, xtr[:500], steps=max(steps_list), max_rate=max_rate)
+    snn = hal.nn.convert(model, "loihi2:0", calibration=xtr[:500], steps=max(steps_list), max_rate=max_rate)
     curve = []
     for steps in steps_list:
         t0 = time.perf_counter()
         out = snn(xte, steps=steps)
-        run = snn.last_run
+        run = snn.module.last_run
         curve.append({
             "steps": steps, "snn_accuracy_pct": accuracy(out, yte), "seconds": time.perf_counter() - t0,
             "synaptic_ops_per_sample": run.synaptic_ops / len(xte), "spikes_per_sample": run.spike_total / len(xte),
         })
         print(f"{name}: T={steps:4d} SNN {curve[-1]['snn_accuracy_pct']:.2f}% (ANN {ann:.2f}%)", flush=True)
-    report = snn.report
+    report = snn.module.report
     return {
         "ann_accuracy_pct": ann, "curve": curve, "train_plus_eval_s": time.perf_counter() - started,
         "conversion": {"input_scale": report.input_scale, "layer_scales": report.layer_scales, "vth": report.vth,

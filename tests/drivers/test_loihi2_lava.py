@@ -122,3 +122,23 @@ def test_linear_through_lava_matches_the_engine() -> None:
     lava = hal.device("loihi2:0?backend=lava&steps=64").linear(x, w, b, activation="relu")
     engine = hal.device("loihi2:0?steps=64").linear(x, w, b, activation="relu")
     assert torch.equal(lava, engine)
+
+
+def test_a_converted_model_and_a_claimed_chain_through_lava_match_the_engine() -> None:
+    if not LAVA.ok:
+        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+    import hal.nn
+    from hal.subgraph import Subgraph
+
+    torch.manual_seed(16)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3), torch.nn.ReLU())
+    x = torch.rand(2, 8, generator=torch.Generator().manual_seed(17))
+    lava = hal.nn.convert(model, "loihi2:0?backend=lava&steps=32", calibration=x)
+    engine = hal.nn.convert(model, "loihi2:0?steps=32", calibration=x)
+    assert torch.equal(lava(x), engine(x))
+    assert lava.module.last_run.synaptic_ops == engine.module.last_run.synaptic_ops
+    layers = [m for m in model if isinstance(m, torch.nn.Linear)]
+    ops = [OpSpec("linear", [torch.empty(2, m.in_features)], {"weight": m.weight, "bias": m.bias}, {"activation": "relu"}) for m in layers]
+    params = [{"weight": m.weight.detach(), "bias": m.bias.detach()} for m in layers]
+    chains = [hal.device(uri).prepare_subgraph(Subgraph.chain(ops), params) for uri in ("loihi2:0?backend=lava&steps=32", "loihi2:0?steps=32")]
+    assert torch.equal(chains[0](x), chains[1](x))

@@ -2,7 +2,8 @@
 
 The conformance kit on the first GPU under three precision policies and under its generic name ``cuda:0``,
 detected capabilities against what torch reads from the CUDA runtime, the precision policy's paths and errors,
-attention through hal's kernel, out-of-memory as CapacityExceeded, and NVML telemetry.
+attention through hal's kernel, out-of-memory as CapacityExceeded, NVML telemetry, a claimed subgraph fused by
+Inductor, and hal.nn.convert under the fp8 policy.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 import hal
+import hal.nn
 from hal.device import OpSpec
 from hal.errors import CapacityExceeded
+from hal.subgraph import Subgraph, run_wired
 from hal.testing.conformance import DeviceConformance
 
 pytestmark = [
@@ -140,3 +143,49 @@ def test_telemetry_reads_live_values():
     assert reading["power_w"] > 0 and 0 < reading["temperature_c"] < 110
     assert 0 <= reading["gpu_utilisation_pct"] <= 100
     assert reading["memory_used_bytes"] > 0 and reading["memory_free_bytes"] > 0
+
+
+def _block(batch: int, dtype: torch.dtype) -> tuple[Subgraph, list[dict], torch.Tensor]:
+    """linear+relu -> layer_norm -> linear -> gelu -> softmax on a (batch, 256) input."""
+    g = torch.Generator().manual_seed(0)
+    w1, b1 = (torch.randn(512, 256, generator=g) / 16).to(dtype), torch.randn(512, generator=g).to(dtype)
+    ln, w2 = (torch.rand(512, generator=g) + 0.5).to(dtype), (torch.randn(128, 512, generator=g) / 16).to(dtype)
+    x = torch.randn(batch, 256, generator=g).to(dtype)
+    ops = [
+        OpSpec("linear", [x], {"weight": w1, "bias": b1}, {"activation": "relu"}),
+        OpSpec("layer_norm", [torch.empty(batch, 512, dtype=dtype)], {"weight": ln}),
+        OpSpec("linear", [torch.empty(batch, 512, dtype=dtype)], {"weight": w2}),
+        OpSpec("gelu", [torch.empty(batch, 128, dtype=dtype)]),
+        OpSpec("softmax", [torch.empty(batch, 128, dtype=dtype)]),
+    ]
+    return Subgraph.chain(ops), [{"weight": w1, "bias": b1}, {"weight": ln}, {"weight": w2}, {}, {}], x
+
+
+@pytest.mark.parametrize(("options", "dtype"), [("?fuse=inductor", torch.float32), ("?fuse=inductor&matmul_precision=bf16", torch.float32), ("?fuse=inductor", torch.bfloat16), ("?fuse=inductor&matmul_precision=fp8", torch.float32)])
+def test_a_claimed_subgraph_is_fused_by_inductor_and_equals_the_ops_one_by_one(options, dtype):
+    from hal.drivers.nvidia import fusion
+
+    device = hal.device(first_gpu_uri(options))
+    sub, params, x = _block(64, dtype)
+    assert device.claim(sub)
+    program = device.prepare_subgraph(sub, params)
+    out = program(x)
+    assert program.path == fusion.FUSED and out.device.type == "cuda" and out.dtype == dtype
+    one_by_one = run_wired(sub, [device.prepare(op, p) for op, p in zip(sub.ops, params)], [x])
+    tolerance = max(device.capabilities.ops[op.name].tolerance[str(dtype).removeprefix("torch.")] for op in sub.ops)
+    assert float((out.double() - one_by_one.double()).norm() / one_by_one.double().norm()) < tolerance
+    assert torch.equal(program(x), out), "the compiled program is deterministic from call to call"
+
+
+def test_convert_runs_the_fp8_policy_through_the_generic_layers_on_the_gpu():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 64)).eval()
+    x = torch.randn(32, 256)
+    converted = hal.nn.convert(model, first_gpu_uri("?matmul_precision=fp8")).eval()
+    out = converted(x)
+    paths = [layer.hal_program().path for _, layer in converted.device_layers()]
+    with torch.no_grad():
+        ref = model.double()(x.double())
+    error = float((out.detach().double().cpu() - ref).norm() / ref.norm())
+    assert paths == ["torch linear (float8_e4m3fn)"] * 2 and out.device.type == "cuda"
+    assert 1e-3 < error < 2 * converted.device.capabilities.ops["linear"].tolerance["float32"]

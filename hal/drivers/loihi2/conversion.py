@@ -1,6 +1,9 @@
 """ANN -> SNN conversion for Loihi 2: a trained ``nn.Sequential`` of Linear, Conv2d, ReLU, AvgPool2d and Flatten
 becomes a stack of integrate-and-fire layers on the bit-accurate engine.
 
+Users reach it through ``hal.nn.convert(model, "loihi2:0", calibration=x)`` (``Loihi2Device.convert_module``); the
+device's claimed chains of ``linear(activation="relu")`` ops (``Loihi2Device.claim``) use ``from_stages`` directly.
+
 Method (Rueckauer et al., "Conversion of continuous-valued deep networks to efficient event-driven networks for
 image classification", Front. Neurosci. 11, 2017):
 
@@ -37,7 +40,7 @@ CONVERTIBLE = (nn.Linear, nn.Conv2d, nn.ReLU, nn.AvgPool2d, nn.Flatten)
 
 
 @dataclass
-class _Stage:
+class Stage:
     """One synaptic layer of the ANN with what precedes it folded in: a float weight over its input map."""
 
     kind: str  # "dense" or "conv"
@@ -107,9 +110,9 @@ def _out_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(module(torch.zeros(1, *shape, dtype=weight.dtype if weight is not None else torch.float32)).shape[1:])
 
 
-def _stages(modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[_Stage]:
+def _stages(modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[Stage]:
     """Group modules into synaptic stages, folding AvgPool2d/Flatten into the next Linear/Conv2d."""
-    stages: list[_Stage] = []
+    stages: list[Stage] = []
     shape = tuple(input_shape)
     pending: list[nn.Module] = []  # pooling/flatten between the last stage and the next synaptic layer
     pending_in = shape
@@ -132,10 +135,10 @@ def _stages(modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[_Sta
             else:
                 weight = m.weight.detach().to(torch.float64)
                 args = {"stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups}
-            stages.append(_Stage("conv", weight, bias, pending_in, out_shape, False, args))
+            stages.append(Stage("conv", weight, bias, pending_in, out_shape, False, args))
         elif isinstance(m, nn.Linear) and kinds in ([], [nn.Flatten], [nn.AvgPool2d, nn.Flatten]):
             weight = _pool_into_linear(pending[0], m, pending_in) if pending and kinds[0] is nn.AvgPool2d else m.weight.detach().to(torch.float64)
-            stages.append(_Stage("dense", weight, bias, pending_in, out_shape, False, {}))
+            stages.append(Stage("dense", weight, bias, pending_in, out_shape, False, {}))
         else:
             between = " -> ".join(k.__name__ for k in kinds) or "nothing"
             raise InvalidInput(
@@ -151,7 +154,7 @@ def _stages(modules: list[nn.Module], input_shape: tuple[int, ...]) -> list[_Sta
     return stages
 
 
-def _stage_apply(stage: _Stage, x: torch.Tensor) -> torch.Tensor:
+def _stage_apply(stage: Stage, x: torch.Tensor) -> torch.Tensor:
     if stage.kind == "dense":
         return x.reshape(x.shape[0], -1) @ stage.weight.t() + stage.bias
     out = torch.nn.functional.conv2d(x.reshape(x.shape[0], *stage.in_shape), stage.weight, stage.bias, **stage.conv_args)
@@ -171,7 +174,7 @@ class ConversionReport:
 
 
 @dataclass(frozen=True)
-class _SpikingStage:
+class SpikingStage:
     """A converted layer before its bias is fixed: the synapse, the threshold and the bias in thresholds per step."""
 
     synapse: DenseSynapse | ConvSynapse
@@ -184,10 +187,14 @@ class SpikingModel:
 
     A run lasts ``steps + depth`` steps (``depth`` = number of layers: each synapse delays by one step); the input
     is rate coded over the whole run and every bias is scaled by ``steps / (steps + depth)``, so each layer sees
-    the totals of ``steps`` steps of the ANN activity.
+    the totals of ``steps`` steps of the ANN activity. ``relu_output``: the last layer is followed by a ReLU in the
+    ANN, so its decoded output is clamped at zero (a negative residual voltage stands for no output, as the ReLU's).
     """
 
-    def __init__(self, stages: list[_SpikingStage], input_scale: float, output_scale: float, input_shape: tuple[int, ...], steps: int, report: ConversionReport, max_rate: float):
+    def __init__(
+        self, stages: list[SpikingStage], input_scale: float, output_scale: float, input_shape: tuple[int, ...], steps: int,
+        report: ConversionReport | None, max_rate: float, relu_output: bool = False,
+    ):
         self.stages = stages
         self.input_scale = input_scale
         self.output_scale = output_scale
@@ -195,6 +202,7 @@ class SpikingModel:
         self.steps = steps
         self.report = report
         self.max_rate = max_rate
+        self.relu_output = relu_output
         self.saturated_inputs = 0
         self.bias_clipped = 0
         self.last_run = None
@@ -244,15 +252,21 @@ class SpikingModel:
         total = steps + self.depth
         return rate_encode(flat, total, self.input_scale * total / (steps * self.max_rate), golden_phases(tuple(flat.shape[1:])))
 
+    def decode(self, counts: torch.Tensor, final_v: torch.Tensor, steps: int) -> torch.Tensor:
+        """Outputs (B, n_out) float32 from the last layer's spike counts and final voltages after a run of ``steps``."""
+        threshold = self.stages[-1].vth << 6
+        value = counts.to(torch.float64).cpu() + final_v.to(torch.float64).cpu() / threshold
+        if self.relu_output:
+            value = value.clamp(min=0)
+        return (value * self.output_scale / (steps * self.max_rate)).to(torch.float32)
+
     def __call__(self, x: torch.Tensor, steps: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """Decoded outputs (B, n_out) float32 after ``steps`` steps of rate-coded input (plus the pipeline depth)."""
         steps = steps or self.steps
         network = self.network(steps, device)
         result = network.run(self.encode(x, steps).to(device), record_spikes=False)
         self.last_run = result
-        threshold = network.layers[-1].lif.threshold
-        value = result.counts[-1].to(torch.float64) + result.final_v[-1].to(torch.float64) / threshold
-        return (value * self.output_scale / (steps * self.max_rate)).to(torch.float32).cpu()
+        return self.decode(result.counts[-1], result.final_v[-1], steps)
 
 
 def _choose_threshold(peak_weight: float) -> tuple[int, int]:
@@ -268,24 +282,49 @@ def _choose_threshold(peak_weight: float) -> tuple[int, int]:
     return max(1, min(VTH_RANGE[1], round(vth_ideal * 2.0**exp))), exp
 
 
-def convert(model: nn.Module, calibration_data: torch.Tensor, steps: int = 256, *, percentile: float = 99.9, max_rate: float = 0.25) -> SpikingModel:
+def _check_options(steps: int, percentile: float, max_rate: float) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise InvalidInput(f"steps must be a positive int (time steps of a run), got {steps!r}")
+    if not 0 < percentile <= 100:
+        raise InvalidInput(f"percentile must be in (0, 100] (the activation percentile that sets each layer's scale), got {percentile}")
+    if not 0 < max_rate <= 1:
+        raise InvalidInput(f"max_rate must be in (0, 1] spikes per step, got {max_rate}")
+
+
+def spiking_model(model: nn.Module, calibration_data: torch.Tensor, steps: int = 256, *, percentile: float = 99.9, max_rate: float = 0.25) -> SpikingModel:
     """Convert a trained ``nn.Sequential`` to a Loihi 2 spiking model, normalised on ``calibration_data`` (B, *input_shape).
 
     ``max_rate`` (spikes per step) is what a neuron at its layer's scale fires: below 1 it keeps each step's input
     small against the threshold, which bounds what reset-to-zero loses. Raises InvalidInput naming any layer that
     cannot become a spiking layer.
     """
-    if not 0 < max_rate <= 1:
-        raise InvalidInput(f"max_rate must be in (0, 1] spikes per step, got {max_rate}")
+    _check_options(steps, percentile, max_rate)
     modules = _flatten_modules(model)
     _check_convertible(modules)
+    if not isinstance(calibration_data, torch.Tensor) or not calibration_data.is_floating_point() or calibration_data.dim() < 2:
+        raise InvalidInput("calibration data must be a floating-point batch (B, *input_shape) of typical inputs")
     if not bool(torch.isfinite(calibration_data).all()):
         raise InvalidInput("calibration data holds NaN/inf")
     if bool((calibration_data < 0).any()):
         raise InvalidInput("calibration inputs must be non-negative (rate codes carry no sign)")
     input_shape = tuple(calibration_data.shape[1:])
-    stages = _stages(modules, input_shape)
-    x = calibration_data.to(torch.float64).reshape(calibration_data.shape[0], -1)
+    try:
+        stages = _stages(modules, input_shape)
+    except RuntimeError as exc:  # torch's own shape error from running a layer on the calibration shape
+        raise ShapeError(f"calibration inputs of shape {tuple(calibration_data.shape)} do not fit the model: {exc}") from None
+    return from_stages(stages, calibration_data.reshape(calibration_data.shape[0], -1), input_shape, steps, percentile=percentile, max_rate=max_rate)
+
+
+def from_stages(
+    stages: list[Stage], calibration: torch.Tensor, input_shape: tuple[int, ...], steps: int, *, percentile: float = 99.9, max_rate: float = 0.25,
+) -> SpikingModel:
+    """The spiking model of synaptic ``stages``, normalised on ``calibration`` (B, n_in) non-negative inputs.
+
+    Rueckauer et al. 2017's data-based normalisation: each layer's scale is the ``percentile`` of its (positive)
+    activations on the calibration batch; weights and biases are rescaled layer to layer and quantised.
+    """
+    _check_options(steps, percentile, max_rate)
+    x = calibration.to(torch.float64)
     input_scale = float(x.max()) or 1.0
     scales = []
     with torch.no_grad():
@@ -310,11 +349,11 @@ def convert(model: nn.Module, calibration_data: torch.Tensor, steps: int = 256, 
         else:
             args = {k: tuple(v) if isinstance(v, (tuple, list)) else v for k, v in stage.conv_args.items()}
             synapse = ConvSynapse(q.mantissa, tuple(stage.in_shape), weight_exp=exp, **args)
-        spiking.append(_SpikingStage(synapse, vth, bias))
+        spiking.append(SpikingStage(synapse, vth, bias))
         vths.append(vth)
         exps.append(exp)
         werr.append(q.rel_error)
         clipped += q.clipped
         previous = scale
     report = ConversionReport(input_scale, scales, vths, exps, werr, clipped)
-    return SpikingModel(spiking, input_scale, scales[-1], input_shape, steps, report, max_rate)
+    return SpikingModel(spiking, input_scale, scales[-1], input_shape, steps, report, max_rate, relu_output=stages[-1].relu)

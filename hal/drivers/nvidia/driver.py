@@ -16,6 +16,14 @@ name). The ``cuda`` probe lists every GPU (what it lists is what opens); a Hoppe
   call (bf16/fp16, a head dim it has tiles for: 64/128/256, equal q/k lengths when causal, Hopper or datacenter
   Blackwell), SDPA otherwise. Masked patterns (sliding window, documents, prefix-LM...) use
   ``hal.kernels.attention.compile_attention`` directly.
+- ``?fuse=inductor|none`` (default inductor): how a claimed subgraph's one Program runs (``fusion.py``): the ops'
+  own implementations composed along the wiring and compiled by ``torch.compile`` (Inductor), or composed as they are.
+
+Subgraph claims: any chain or DAG of declared vocabulary ops is claimed (``claim``) and runs as one Program whose
+intermediates stay on the GPU; a subgraph with an op the device does not declare is refused with the reason.
+``hal.nn.convert`` needs no twin of the driver's own: the generic ``DeviceLinear`` / ``DeviceConv2d`` prepare this
+device's ``linear`` / ``conv2d``, whose Programs apply ``?matmul_precision`` (an fp8 weight is quantised once, at
+prepare).
 
 Inputs may be on the host or on this GPU: host tensors are copied to the GPU on every call (weights once, at
 prepare) and results stay on the GPU. Tensors on another GPU are refused with DeviceMismatch. Running out of GPU
@@ -34,13 +42,14 @@ import torch
 from hal import ops as vocabulary
 from hal.capability import Capabilities, OpSupport, Paradigm
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, choice, dtype_name
-from hal.drivers.nvidia import matmul
+from hal.drivers.nvidia import fusion, matmul
 from hal.drivers.nvidia.architectures import BY_MAJOR, GENERIC_KIND, architecture_for
 from hal.drivers.nvidia.capabilities import build_capabilities
 from hal.drivers.nvidia.detect import DetectedGpu, Detection, current_backends, detect
 from hal.drivers.nvidia.nvml import NvmlQueryError, NvmlSession, NvmlUnavailable
 from hal.errors import CapacityExceeded, DeviceFailure, DeviceUnavailable, InvalidInput, UnsupportedOp
 from hal.kernels.torch_ops import TORCH_OPS
+from hal.subgraph import Subgraph, run_wired
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 #: Relative Frobenius error vs float64 each dtype meets when computed in that dtype (CUDA kernels accumulate
@@ -102,6 +111,7 @@ class NvidiaDevice(Device):
     OPTIONS: ClassVar = {
         "matmul_precision": Option(choice({p: p for p in matmul.PRECISIONS}), "native", "the tensor-core policy of matmul/linear/conv2d: native, tf32, bf16, fp16 or fp8"),
         "attention": Option(choice({"hal": "hal", "sdpa": "sdpa"}), "sdpa", "'sdpa' (torch's fused attention; the faster for dense full/causal masks) or 'hal' (hal's Triton attention kernel where it fits, else SDPA)"),
+        "fuse": Option(choice({"inductor": "inductor", "none": "none"}), "none", "how a claimed subgraph runs: 'none' (its ops composed as they are; measured faster in wall time on small blocks, docs/nvidia.md) or 'inductor' (torch.compile fuses its ops, compiling at the first call)"),
     }
     #: Human description of the GPUs this kind runs, for messages.
     family: ClassVar[str] = ""
@@ -229,29 +239,65 @@ class NvidiaDevice(Device):
 
     # ---- compile-then-run
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
+        fn, path = self._op_fn(op, params)
+        return GpuProgram(op, self, self.estimate(op), self._guarded(op, fn), path)
+
+    def _op_fn(self, op: OpSpec, params: dict[str, torch.Tensor], set_float32_mode: bool = True) -> tuple[Callable[..., torch.Tensor], str]:
+        """The function computing ``op`` on GPU tensors, with its parameters moved to the GPU, and its path.
+
+        ``set_float32_mode=False``: the GEMMs leave the TF32/IEEE mode to the caller (one switch around a subgraph).
+        """
         dev = self.torch_device
         params = {k: v.to(dev) for k, v in params.items()}
         attrs = dict(op.attrs)
         dtype = op.inputs[0].dtype
-        path = "torch CUDA"
         if op.name == "matmul":
-            fn = matmul.matmul_fn(self.precision, dtype)
-            path = f"torch matmul ({matmul.compute_format(self.precision, dtype)})"
-        elif op.name == "linear":
-            fn = matmul.linear_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs["activation"])
-            path = f"torch linear ({matmul.compute_format(self.precision, dtype, 'linear')})"
-        elif op.name == "conv2d":
-            fn = matmul.conv2d_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs)
-            path = f"cuDNN conv2d ({matmul.compute_format(self.precision, dtype, 'conv2d')})"
-        elif op.name == "attention":
-            fn, path = self._attention(op, attrs)
-        else:
-            torch_op = TORCH_OPS[op.name]
+            return matmul.matmul_fn(self.precision, dtype, set_float32_mode=set_float32_mode), f"torch matmul ({matmul.compute_format(self.precision, dtype)})"
+        if op.name == "linear":
+            fn = matmul.linear_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs["activation"], set_float32_mode=set_float32_mode)
+            return fn, f"torch linear ({matmul.compute_format(self.precision, dtype, 'linear')})"
+        if op.name == "conv2d":
+            fn = matmul.conv2d_fn(self.precision, dtype, params["weight"], params.get("bias"), attrs, set_float32_mode=set_float32_mode)
+            return fn, f"cuDNN conv2d ({matmul.compute_format(self.precision, dtype, 'conv2d')})"
+        if op.name == "attention":
+            return self._attention(op, attrs)
+        torch_op = TORCH_OPS[op.name]
 
-            def fn(*inputs: torch.Tensor) -> torch.Tensor:
-                return torch_op(inputs, params, attrs)
+        def fn(*inputs: torch.Tensor) -> torch.Tensor:
+            return torch_op(inputs, params, attrs)
 
-        return GpuProgram(op, self, self.estimate(op), self._guarded(op, fn), path)
+        return fn, "torch CUDA"
+
+    # ---- subgraph claims
+    def claim(self, sub: Subgraph) -> Support:
+        """Any chain or DAG of ops this GPU declares and supports (the vocabulary, within memory)."""
+        for j, op in enumerate(sub.ops):
+            support = self.supports(op)
+            if not support:
+                return Support.no(f"op {j} ({op.name}) does not run on {self.uri}: {support.reason}")
+        return Support.yes()
+
+    def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
+        """The ops' own functions composed along the wiring, fused by Inductor where it compiles (``fusion.py``)."""
+        steps = [self._op_fn(op, p, set_float32_mode=False)[0] for op, p in zip(sub.ops, params)]
+
+        def composed(*inputs: torch.Tensor) -> Any:
+            return run_wired(sub, steps, inputs)
+
+        why_not = "?fuse=none" if self.options["fuse"] == "none" else fusion.inductor_unavailable(self.torch_device)
+        composition = fusion.Composition(composed, why_not)
+        tf32 = self.precision == "tf32"
+        op = sub.as_opspec()
+        program: GpuProgram
+
+        def run(*inputs: torch.Tensor) -> Any:
+            with matmul.float32_mode(tf32):  # one switch for every float32 GEMM of the subgraph
+                out = composition(*inputs)
+            program.path = composition.path
+            return out
+
+        program = GpuProgram(op, self, self.estimate_subgraph(sub), self._guarded(op, run), composition.path)
+        return program
 
     def _attention(self, op: OpSpec, attrs: dict[str, Any]) -> tuple[Callable[..., torch.Tensor], str]:
         q, k, v = op.inputs

@@ -10,6 +10,10 @@
   the same call. Only matmul and linear have an fp8 path; conv2d runs in bf16 under this policy.
 
 The result always has the inputs' dtype, so a policy changes speed and error, never the program's interface.
+
+Each builder's float32 path sets the TF32/IEEE mode for its own call (``float32_mode``); ``set_float32_mode=False``
+leaves that to the caller, which sets it once around a composition of several ops (a claimed subgraph, compiled
+by ``torch.compile``, which cannot trace the mode switch).
 """
 
 from __future__ import annotations
@@ -160,12 +164,12 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- op builders
 
 
-def matmul_fn(precision: str, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def matmul_fn(precision: str, dtype: torch.dtype, *, set_float32_mode: bool = True) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The matmul of two ``dtype`` operands under ``precision``."""
     fmt = compute_format(precision, dtype, "matmul")
     if fmt == "float8_e4m3fn":
         return fp8_matmul
-    if dtype == torch.float32 and fmt in ("float32", "tfloat32"):
+    if dtype == torch.float32 and fmt in ("float32", "tfloat32") and set_float32_mode:
         tf32 = fmt == "tfloat32"
 
         def matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -179,7 +183,9 @@ def matmul_fn(precision: str, dtype: torch.dtype) -> Callable[[torch.Tensor, tor
     return torch.matmul
 
 
-def linear_fn(precision: str, dtype: torch.dtype, weight: torch.Tensor, bias: torch.Tensor | None, activation: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def linear_fn(
+    precision: str, dtype: torch.dtype, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, *, set_float32_mode: bool = True,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> activation(x @ weight.T + bias) with the weight prepared once for ``precision``."""
     relu = activation == "relu"
     fmt = compute_format(precision, dtype, "linear")
@@ -193,7 +199,7 @@ def linear_fn(precision: str, dtype: torch.dtype, weight: torch.Tensor, bias: to
             return (F.relu(y) if relu else y).to(dtype)
 
         return linear_fp8
-    if dtype == torch.float32 and fmt in ("float32", "tfloat32"):
+    if dtype == torch.float32 and fmt in ("float32", "tfloat32") and set_float32_mode:
         tf32 = fmt == "tfloat32"
 
         def linear_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -219,11 +225,13 @@ def linear_fn(precision: str, dtype: torch.dtype, weight: torch.Tensor, bias: to
     return linear_native
 
 
-def conv2d_fn(precision: str, dtype: torch.dtype, weight: torch.Tensor, bias: torch.Tensor | None, attrs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+def conv2d_fn(
+    precision: str, dtype: torch.dtype, weight: torch.Tensor, bias: torch.Tensor | None, attrs: dict, *, set_float32_mode: bool = True,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """conv2d with the weight prepared once for ``precision`` (fp8 runs as bf16: there is no fp8 convolution here)."""
     stride, padding, dilation, groups = attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"]
     fmt = compute_format(precision, dtype, "conv2d")
-    if dtype == torch.float32 and fmt in ("float32", "tfloat32"):
+    if dtype == torch.float32 and fmt in ("float32", "tfloat32") and set_float32_mode:
         tf32 = fmt == "tfloat32"
 
         def conv_fp32(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,68 @@
+"""One Program for a claimed subgraph on an NVIDIA GPU: the ops composed along the wiring, fused by Inductor.
+
+The composition (``hal.subgraph.run_wired`` over each op's own function: the precision policy's matmul / linear
+/ conv2d, SDPA or hal's attention kernel, torch's elementwise ops) keeps every intermediate on the GPU. Where
+``torch.compile`` can build Inductor kernels for the GPU (Dynamo runs on this Python and Triton imports),
+the composition is compiled with it, which fuses elementwise ops into their neighbours' kernels; the compile
+happens at the first call (seconds) and again for new input shapes. Otherwise, or with ``?fuse=none``, the
+plain composition runs; ``path`` says which, and why.
+
+If Inductor fails to compile the composition, the plain composition runs from then on and ``path`` carries the
+failure: the result is the same computation either way, only the kernels differ.
+
+Dynamo keeps its compiled graphs on the code object of the function it compiles, at most 8 per code object (its
+``recompile_limit``); past that it runs the function uncompiled, silently. Every subgraph's composition is a closure
+of the same driver function, so each Composition compiles a copy of it with a code object of its own: its cache
+holds that subgraph's graphs only (one per input shape).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+PLAIN = "ops composed in order (no fusion)"
+FUSED = "torch.compile (Inductor) of the composed ops"
+
+
+def inductor_unavailable(torch_device: torch.device) -> str | None:
+    """Why ``torch.compile``'s Inductor cannot build kernels for ``torch_device`` here; None when it can."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile (Dynamo) does not support this Python version"
+    if torch_device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Inductor builds CUDA kernels with Triton, which is not importable here (pip install triton)"
+    return None
+
+
+def _with_own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a plain function or closure) with a fresh copy of its code object, so Dynamo's cache for it is its own."""
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
+
+
+class Composition:
+    """Calls ``composed`` compiled by Inductor, or as it is when ``why_not`` (or a failed compile) says so."""
+
+    def __init__(self, composed: Callable[..., Any], why_not: str | None):
+        self._composed = composed
+        self._compiled = None if why_not else torch.compile(_with_own_code(composed), backend="inductor")
+        self.path = f"{PLAIN}: {why_not}" if why_not else FUSED
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        if self._compiled is None:
+            return self._composed(*inputs)
+        try:
+            return self._compiled(*inputs)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:  # Inductor could not build the kernels: run unfused
+            self._compiled = None
+            self.path = f"{PLAIN}: Inductor failed to compile it ({str(exc).splitlines()[0][:300]})"
+            return self._composed(*inputs)
