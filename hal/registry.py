@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from hal.device import Check, Device, DeviceInfo, DeviceURI
 
 ENTRY_POINT_GROUP = "hal.drivers"
+#: Torch modules that drivers provide to ``hal.nn`` by name (``hal.nn.QuantumLayer``), as ``name = "module:Class"``.
+MODULE_ENTRY_POINT_GROUP = "hal.modules"
 BOARD_DRIVER = "serial"
 #: Seconds a driver's probe may take before it is reported as hung (override: HAL_PROBE_TIMEOUT_S).
 PROBE_TIMEOUT_S = float(os.environ.get("HAL_PROBE_TIMEOUT_S", "30"))
@@ -95,6 +97,24 @@ def drivers() -> dict[str, DriverEntry]:
     if _drivers is None:
         _drivers = {ep.name: DriverEntry(ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)}
     return _drivers
+
+
+def module_names() -> list[str]:
+    """Names of the torch modules drivers provide to ``hal.nn`` (entry points of the ``hal.modules`` group)."""
+    return sorted(ep.name for ep in entry_points(group=MODULE_ENTRY_POINT_GROUP))
+
+
+def load_module(name: str) -> type:
+    """The module class a driver provides under ``name``; DeviceUnavailable naming the extra when its driver cannot load."""
+    found = [ep for ep in entry_points(group=MODULE_ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        raise AttributeError(f"no driver provides a module named {name!r}; the provided modules are: {', '.join(module_names()) or 'none'}")
+    entry = DriverEntry(name, found[0].value)
+    try:
+        return entry.load()
+    except Exception as exc:  # noqa: BLE001 (an optional dependency missing: reported with the fix)
+        driver = entry.target.split(".")[2] if entry.target.startswith("hal.drivers.") else entry.target
+        raise DeviceUnavailable(f"hal.nn.{name}", f"its driver module {entry.target} failed to import ({type(exc).__name__}: {exc})", _install_hint(driver)) from exc
 
 
 def device_kinds() -> list[str]:
