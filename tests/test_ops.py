@@ -73,3 +73,21 @@ def test_flop_counts():
 def test_paradigm_ops_are_the_drivers_business():
     assert ops.check(OpSpec("lif_layer", [TensorSpec((10, 4))])) is None
     assert ops.flops(OpSpec("lif_layer", [TensorSpec((10, 4))])) == 0
+
+
+def test_every_vocabulary_op_has_its_reference_eager_method_and_sample():
+    """The vocabulary (hal/ops.py) is the one list of ops; the torch reference (kernels, which cannot import the
+    contract), the eager methods and the conformance samples must cover exactly it."""
+    import torch
+
+    from hal import ops
+    from hal.device import Device
+    from hal.kernels.torch_ops import TORCH_OPS
+    from hal.testing.samples import default_sample
+
+    names = set(ops.VOCABULARY)
+    assert set(TORCH_OPS) == names
+    assert all(callable(getattr(Device, name, None)) for name in names)
+    for name in names:
+        sample = default_sample(name, torch.float32, torch.Generator().manual_seed(0))
+        assert len(sample.inputs) == len(ops.VOCABULARY[name].inputs)
