@@ -1,14 +1,19 @@
 """Drift study: a digits MLP programmed onto the PCM crossbar, accuracy from programming to one year later.
 
 scikit-learn's bundled digits (8x8 images, 10 classes) train a 64-128-10 ReLU MLP in torch. The trained
-network is converted (``hal.drivers.memristor.convert``) and programmed onto ``memristor:0`` with every
+network is converted (``hal.nn.convert(model, "memristor:0")``) and programmed onto ``memristor:0`` with every
 non-ideality on; its test accuracy is read right after programming (t0) and after 1 s, 1 h, 1 day and 1 year of
-drift, with and without global drift compensation, for the plainly trained network and for one fine-tuned with
-hardware-aware noise injection. Each point is the mean over several programming draws (device seeds).
+drift (the converted model's ``elapse`` verb), with and without global drift compensation, for the plainly trained
+network and for one fine-tuned with hardware-aware noise injection. Each point is the mean over several programming
+draws (device seeds). Where the device refuses to let that much time pass (a program read so late that the
+configuration's expected error leaves no tolerance below 0.5: uncompensated drift after about an hour), the point
+records the refusal and its message instead of an accuracy.
 
 If the ``.venv-aihwkit`` environment exists, the same weights run through aihwkit 1.1.0's
 ``PCMLikeNoiseModel`` (same times, with and without ``GlobalDriftCompensation``), and both models' device
-statistics (programming noise, drift exponents, conductance after 1 h) are sampled on the same targets.
+statistics (programming noise, drift exponents, conductance after 1 h) are sampled on the same targets. Without it,
+``--aihwkit-from FILE`` carries the aihwkit side of an earlier result file over, marked with that file's date (the
+weights are the same: training is seeded and does not depend on the crossbar model).
 
     python -m benchmarks.memristor_drift      # writes results/memristor_drift.json, .png and .md
 """
@@ -19,6 +24,7 @@ import argparse
 import json
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,26 +141,30 @@ def train(x: torch.Tensor, y: torch.Tensor, model: nn.Module, steps: int, lr: fl
     return model
 
 
-def evaluate_on_crossbar(model: nn.Module, uri: str, x: torch.Tensor, y: torch.Tensor, seeds: int) -> dict[str, list[float]]:
-    """Program ``model`` onto ``uri`` once per seed and read its accuracy at every time point."""
-    import hal
-    from hal.drivers.memristor import AnalogLinear, convert
+def evaluate_on_crossbar(model: nn.Module, uri: str, x: torch.Tensor, y: torch.Tensor, seeds: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Program ``model`` onto ``uri`` once per seed and read its accuracy at every time point; returns the accuracies
+    and, for time points the device refused to reach, its message."""
+    import hal.nn
+    from hal.errors import InvalidInput
 
-    device = hal.device(uri)
-    analog = convert(model, uri)
+    analog = hal.nn.convert(model, uri)
     analog.eval()
     per_time: dict[str, list[float]] = {label: [] for label in TIMES}
+    refused: dict[str, str] = {}
     for seed in range(seeds):
-        device.manual_seed(seed)
-        for layer in analog.modules():
-            if isinstance(layer, AnalogLinear):
-                layer.reprogram()
+        analog.manual_seed(seed)
+        for _, layer in analog.device_layers():
+            layer.reprogram()
         now = 0.0
         for label, t in TIMES.items():
-            device.elapse(t - now)
+            try:
+                analog.elapse(t - now)
+            except InvalidInput as exc:
+                refused.update({later: str(exc) for later in list(TIMES)[list(TIMES).index(label) :]})
+                break
             now = t
             per_time[label].append(accuracy(analog, x, y))
-    return per_time
+    return {label: v for label, v in per_time.items() if label not in refused}, refused
 
 
 def plot(summary: dict, digital: float, path: Path) -> None:
@@ -168,7 +178,9 @@ def plot(summary: dict, digital: float, path: Path) -> None:
     for name, per_time in summary.items():
         style = "--" if "uncompensated" in name else "-"
         marker = "s" if name.startswith("aihwkit") else "o"
-        ax.plot(positions, [per_time[label] * 100 for label in TIMES], style, marker=marker, label=name)
+        reached = [k for k, label in enumerate(TIMES) if label in per_time]
+        refused = f" (refused after {list(TIMES)[reached[-1]]})" if len(reached) < len(TIMES) else ""
+        ax.plot(positions[reached], [per_time[list(TIMES)[k]] * 100 for k in reached], style, marker=marker, label=name + refused)
     ax.axhline(digital * 100, color="black", linewidth=0.8, label="digital (float32)")
     ax.set_xticks(positions, list(TIMES))
     ax.set_xlabel("read time after t0 (t0 = 20 s after programming)")
@@ -184,7 +196,7 @@ def markdown(summary: dict, digital: float) -> str:
     lines = ["| variant | " + " | ".join(TIMES) + " |", "|---|" + "---|" * len(TIMES)]
     lines.append("| digital (float32) | " + " | ".join(f"{digital * 100:.1f}" for _ in TIMES) + " |")
     for name, per_time in summary.items():
-        lines.append(f"| {name} | " + " | ".join(f"{per_time[label] * 100:.1f}" for label in TIMES) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{per_time[label] * 100:.1f}" if label in per_time else "refused" for label in TIMES) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -197,6 +209,7 @@ def main() -> None:
     parser.add_argument("--noise-age", type=float, default=86400.0, help="seconds after t0 whose noise (read noise, drift spread) training injects")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--aihwkit-worker", nargs=2, metavar=("DATA", "OUT"))
+    parser.add_argument("--aihwkit-from", type=Path, help="without .venv-aihwkit: carry the aihwkit side of this earlier result file over (marked with its date)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.aihwkit_worker:
@@ -205,8 +218,8 @@ def main() -> None:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    import hal.nn
     from benchmarks.common import RESULTS, environment, write_result
-    from hal.drivers.memristor import convert
 
     digits = load_digits()
     x_train, x_test, y_train, y_test = train_test_split(digits.data / 16.0, digits.target, test_size=0.3, random_state=0, stratify=digits.target)
@@ -216,15 +229,18 @@ def main() -> None:
     torch.manual_seed(0)  # the initial weights
     plain = train(x_train, y_train, mlp(), args.steps, 1e-2, seed=0)
     digital = accuracy(plain, x_test, y_test)
-    hwa = convert(plain, "memristor:0", noise_scale=args.noise_scale, noise_age_s=args.noise_age)
+    hwa = hal.nn.convert(plain, "memristor:0", noise_scale=args.noise_scale, noise_age_s=args.noise_age).module
     hwa = train(x_train, y_train, hwa, args.hwa_steps, 3e-3, seed=1)
     hwa_digital = accuracy(nn.Sequential(*[_digital_twin(m) for m in hwa]), x_test, y_test)
 
-    raw = {}
+    raw, refusals = {}, {}
     for weights_name, model in (("plain", plain), ("hwa", hwa)):
         for compensate in (True, False):
             uri = f"memristor:0?seed=0&drift_compensation={int(compensate)}"
-            raw[f"ours: {weights_name}, {'compensated' if compensate else 'uncompensated'}"] = evaluate_on_crossbar(_digital_copy(model), uri, x_test, y_test, args.seeds)
+            name = f"ours: {weights_name}, {'compensated' if compensate else 'uncompensated'}"
+            raw[name], refused = evaluate_on_crossbar(_digital_copy(model), uri, x_test, y_test, args.seeds)
+            if refused:
+                refusals[name] = refused
 
     arrays = {"x_test": x_test.numpy(), "y_test": y_test.numpy()}
     for weights_name, model in (("plain", plain), ("hwa", hwa)):
@@ -233,6 +249,8 @@ def main() -> None:
             arrays[f"{weights_name}_w{i}"] = layer.weight.detach().numpy()
             arrays[f"{weights_name}_b{i}"] = layer.bias.detach().numpy()
     aihwkit = run_aihwkit(arrays, args.seeds)
+    if not aihwkit["available"] and args.aihwkit_from:
+        aihwkit = carried_aihwkit(args.aihwkit_from, aihwkit["reason"])
     if aihwkit["available"]:
         for name, per_time in aihwkit["accuracy"].items():
             raw[f"aihwkit: {name}"] = per_time
@@ -242,6 +260,7 @@ def main() -> None:
     summary = {
         "accuracy_by_time": summary_acc,
         "accuracy_std_by_time": spread,
+        "refused_by_time": refusals,
         "digital_accuracy": digital,
         "hwa_digital_accuracy": hwa_digital,
         "times_s": TIMES,
@@ -253,9 +272,13 @@ def main() -> None:
         statistics["aihwkit"] = aihwkit["statistics"]
     else:
         summary["aihwkit_unavailable_reason"] = aihwkit["reason"]
+    if aihwkit["available"]:
+        summary["aihwkit_measured_utc"] = aihwkit.get("measured_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if "carried_from" in aihwkit:
+        summary["aihwkit_source"] = aihwkit["carried_from"]
     document = {
         "environment": environment("cpu") | ({"aihwkit": aihwkit["aihwkit"], "aihwkit_torch": aihwkit["torch"]} if aihwkit["available"] else {}),
-        "parameters": vars(args) | {"model": "MLP 64-128-10 ReLU", "data": "sklearn digits, 30% test split (random_state 0)", "device": "memristor:0 defaults (every non-ideality on)"},
+        "parameters": vars(args) | {"aihwkit_from": args.aihwkit_from.name if args.aihwkit_from else None, "model": "MLP 64-128-10 ReLU", "data": "sklearn digits, 30% test split (random_state 0)", "device": "memristor:0 defaults (every non-ideality on)"},
         "raw_accuracy": raw,
         "statistics_on_same_targets": statistics,
         "summary": summary,
@@ -266,6 +289,25 @@ def main() -> None:
     (RESULTS / "memristor_drift.md").write_text(table)
     print(table)
     print(f"wrote {path}")
+
+
+def carried_aihwkit(path: Path, reason: str) -> dict:
+    """The aihwkit side of an earlier result file, marked with where and when it was measured."""
+    earlier = json.loads(path.read_text())
+    env = earlier["environment"]
+    accuracy = {name.removeprefix("aihwkit: "): per_time for name, per_time in earlier["raw_accuracy"].items() if name.startswith("aihwkit: ")}
+    if not accuracy:
+        return {"available": False, "reason": f"{reason}; {path} holds no aihwkit rows to carry over"}
+    measured = earlier["summary"].get("aihwkit_measured_utc", env["date_utc"])  # a carried-over side keeps its first date
+    return {
+        "available": True,
+        "aihwkit": env["aihwkit"],
+        "torch": env["aihwkit_torch"],
+        "accuracy": accuracy,
+        "statistics": earlier["statistics_on_same_targets"]["aihwkit"],
+        "measured_utc": measured,
+        "carried_from": f"not measured in this run ({reason}): carried over from {path.name}, measured {measured} with the same seeded training and weights",
+    }
 
 
 def _digital_twin(module: nn.Module) -> nn.Module:

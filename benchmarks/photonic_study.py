@@ -8,9 +8,15 @@
      * vs insertion loss per MZI (0 ... 1 dB, idle crossings at 1/10 of it), isolated, for the Clements
        and the Reck layout, for a loss-balanced Clements layout (idle crossings as lossy as an MZI), and
        Clements with every other effect at its default.
+   The sweeps program ``PhotonicMatrix`` directly, so they include N = 64, which the device refuses at its default
+   50 dB SNR (a 64-port mesh loses more than the loss budget: the device's largest is N = 51; ``?snr_db=40`` opens
+   it); ``sizes`` in the JSON records, per N, whether ``photonic:0?N=`` opens and why not.
 2. sklearn's bundled digits (8x8 images, 10 classes): an MLP 64 -> 64 (ReLU) -> 10 trained digitally; test
-   accuracy with the hidden layer run on ``photonic:0`` (through ``convert``/``PhotonicLinear``, the public
-   contract) in several configurations, against the digital model.
+   accuracy with the hidden layer run on ``photonic:0`` (a ``PhotonicLinear``, the layer ``hal.nn.convert`` builds,
+   through the public contract) in several configurations, against the digital model. A configuration the device
+   refuses (4-bit phases: tolerance above 0.5; a 32-port Reck triangle: beyond the loss limit) is a row that records
+   the refusal and its message; "reck, N=27 loss-balanced" is the Reck triangle that opens (the largest under the
+   loss limit, its idle crossings as lossy as an MZI so that the paths lose alike).
 
 Writes benchmarks/results/photonic_study.json (raw numbers, a markdown table) and photonic_study.png.
 """
@@ -32,6 +38,7 @@ import hal
 from hal.drivers.photonic import PhotonicLinear
 from hal.drivers.photonic.imperfections import LossConfig, PhotonicConfig
 from hal.drivers.photonic.processor import Fabrication, PhotonicMatrix
+from hal.errors import HalError
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = (16, 32, 64)
@@ -116,20 +123,38 @@ def digits_study(epochs: int, seed: int) -> dict:
         "photonic 4-bit phases": "photonic:0?phase_bits=4&seed=0",
         "photonic no loss, no noise": "photonic:0?loss=0&noise=0&seed=0",
         "photonic reck": "photonic:0?mesh=reck&seed=0",
+        "photonic reck, N=27 loss-balanced": "photonic:0?mesh=reck&N=27&balanced_loss=1&seed=0",
         "photonic loss-balanced": "photonic:0?balanced_loss=1&seed=0",
         "photonic 30 dB SNR": "photonic:0?snr_db=30&seed=0",
     }
     for label, uri in configs.items():
+        try:
+            device = hal.device(uri)
+        except HalError as exc:
+            results[label] = {"accuracy": None, "uri": uri, "refused": f"{type(exc).__name__}: {exc}"}
+            continue
         hidden = PhotonicLinear(64, 64, device_uri=uri)
         hidden.load_state_dict(model[0].state_dict())
         hidden.eval()
         net = nn.Sequential(hidden, model[1], model[2]).eval()
-        hal.device(uri).manual_seed(0)
+        device.manual_seed(0)
         start = time.perf_counter()
         acc = accuracy(net)
-        program = hidden.photonic_program()
+        program = hidden.hal_program()
         results[label] = {"accuracy": acc, "uri": uri, "hidden_layer_error_estimate": program.cost.error, "seconds": time.perf_counter() - start}
     return {"test_samples": len(y_test), "epochs": epochs, "results": results}
+
+
+def device_sizes() -> dict:
+    """Whether ``photonic:0?N=<n>`` opens for each swept N at the defaults, and the largest N that does."""
+    sizes = {}
+    for n in SIZES:
+        try:
+            device = hal.device(f"photonic:0?N={n}")
+            sizes[str(n)] = {"opens": True, "max_ports": device.max_ports}
+        except HalError as exc:
+            sizes[str(n)] = {"opens": False, "reason": str(exc)}
+    return sizes
 
 
 def table(bits: list[dict], loss: list[dict], digits: dict) -> str:
@@ -138,7 +163,7 @@ def table(bits: list[dict], loss: list[dict], digits: dict) -> str:
     lines += ["", "| N | MZI loss dB | Clements (isolated) | Clements, loss-balanced | Reck (isolated) | Clements with defaults |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['n']} | {r['mzi_loss_db']} | {r['isolated_clements']:.3f} | {r['isolated_clements_balanced']:.2e} | {r['isolated_reck']:.3f} | {r['with_defaults']:.3f} |" for r in loss]
     lines += ["", "| digits MLP, hidden layer on | test accuracy |", "|---|---|"]
-    lines += [f"| {label} | {r['accuracy']:.3f} |" for label, r in digits["results"].items()]
+    lines += [f"| {label} | {'refused: ' + r['refused'].split(':')[0] if r['accuracy'] is None else format(r['accuracy'], '.3f')} |" for label, r in digits["results"].items()]
     return "\n".join(lines)
 
 
@@ -160,7 +185,7 @@ def plot(bits: list[dict], loss: list[dict], digits: dict, path: Path) -> None:
     axes[0].set(xlabel="phase DAC bits", ylabel="relative Frobenius error", title="matrix error vs phase resolution")
     axes[1].set(xlabel="insertion loss per MZI (dB)", ylabel="relative Frobenius error", title="matrix error vs loss (loss only)")
     axes[1].set_yscale("symlog", linthresh=1e-2)
-    labels = list(digits["results"])
+    labels = [k for k, r in digits["results"].items() if r["accuracy"] is not None]
     axes[2].barh(labels, [digits["results"][k]["accuracy"] for k in labels])
     axes[2].set(xlabel="test accuracy", title="digits MLP, hidden layer 64x64", xlim=(0, 1))
     for ax in axes[:2]:
@@ -190,12 +215,16 @@ def main() -> None:
         "phase_bits": bits,
         "loss": loss,
         "digits": digits,
+        "sizes": device_sizes(),
         "table_markdown": text,
         "summary": {
+            "error_n32_default": next(r["with_defaults"] for r in bits if r["n"] == 32 and r["phase_bits"] == 12),
             "error_n64_default": next(r["with_defaults"] for r in bits if r["n"] == 64 and r["phase_bits"] == 12),
+            "error_n64_note": "a 64-port mesh is beyond the device's loss limit at 50 dB SNR (largest N = 51; ?snr_db=40 opens it)",
             "error_n64_12bit_isolated": next(r["isolated"] for r in bits if r["n"] == 64 and r["phase_bits"] == 12),
             "digits_accuracy_digital": digits["results"]["digital"]["accuracy"],
             "digits_accuracy_photonic_default": digits["results"]["photonic default"]["accuracy"],
+            "digits_refused": {label: r["refused"] for label, r in digits["results"].items() if r["accuracy"] is None},
             "seconds": time.perf_counter() - start,
         },
     }

@@ -10,7 +10,9 @@ reads the host tensor. Two host-side events then make the device compute with th
 
 ``ResidentWeight`` holds the programmed tensor (so its ``id()`` cannot be reused while the record lives), a view of
 the storage it had (so that address cannot be reused either) and its version counter at programming;
-``matches(t)`` is true only for that very tensor, unchanged. ``ResidentProgram`` is a Program that keeps the
+``matches(t)`` is true for that tensor or any view of the same storage with the same layout (``w.detach()`` taken
+anew at every forward), as long as nothing wrote the storage since: a tensor at the recorded address is the
+recorded storage, because the record keeps it alive. ``ResidentProgram`` is a Program that keeps the
 records of the parameters it was programmed from (so a cache that finds Programs by their parameters' identity,
 like the eager ops', can never hand out a Program for a dead tensor's reused ``id()``), and ``Reprogrammer``
 keeps one Program for a layer and prepares it again when the parameters no longer match or the device
@@ -19,12 +21,13 @@ invalidated it (tiles overwritten, device closed).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from hal.device import Cost, Device, OpSpec, Program
+from hal.errors import UnsupportedOp
 
 
 class ResidentWeight:
@@ -36,11 +39,13 @@ class ResidentWeight:
         self.version = tensor._version
 
     def matches(self, tensor: torch.Tensor) -> bool:
-        """Whether ``tensor`` is the programmed tensor itself, not written since (in place or by ``.data =``)."""
+        """Whether ``tensor`` shows the programmed data: the recorded storage (same address, dtype, shape, strides), with
+        neither ``tensor``'s nor the storage's version counter moved since programming (no in-place write)."""
         return (
-            tensor is self.tensor
+            tensor.data_ptr() == self._storage.data_ptr()
             and tensor._version == self.version
-            and tensor.data_ptr() == self._storage.data_ptr()
+            and self._storage._version == self.version
+            and tensor.dtype == self._storage.dtype
             and tensor.shape == self._storage.shape
             and tensor.stride() == self._storage.stride()
         )
@@ -98,3 +103,25 @@ class Reprogrammer:
 
     def __deepcopy__(self, memo: dict) -> Reprogrammer:
         return Reprogrammer()
+
+
+class _DeviceComputed(torch.autograd.Function):
+    """Identity forward; a backward that names the device layer which computed the value."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, what: str, *sources: torch.Tensor) -> torch.Tensor:
+        ctx.what = what
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+        raise UnsupportedOp(f"{ctx.what} ran on the device in eval() mode and has no gradient; call model.train() to train it, then eval() to run it on the device")
+
+
+def without_gradient(out: torch.Tensor, sources: Sequence[torch.Tensor], what: str) -> torch.Tensor:
+    """``out``, computed by a device Program from ``sources`` (inputs, weights): a backward through it raises
+    UnsupportedOp naming ``what`` instead of returning the gradient of the emulator's arithmetic (rounding, noise),
+    which is not the layer's gradient. Unchanged when no source requires a gradient or autograd is off."""
+    if torch.is_grad_enabled() and any(s.requires_grad for s in sources):
+        return _DeviceComputed.apply(out, what, *sources)
+    return out

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import hal
+import hal.nn
 from hal.capability import Figure, validate
 from hal.device import OpSpec
-from hal.drivers.memristor import AnalogConv2d, AnalogLinear, MemristorDevice, convert, pcm
+from hal.drivers.memristor import AnalogConv2d, AnalogLinear, MemristorDevice, pcm
 from hal.drivers.memristor.config import CrossbarConfig, NonIdealities, PcmStatistics, TileConfig
 from hal.drivers.memristor.tile import Crossbar
 from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput, ProgramInvalidated, UnsupportedOp
@@ -313,10 +314,58 @@ def test_elapse_drifts_programs():
     x, w = torch.rand(8, 32), torch.rand(16, 32)
     program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
     before = program(x)
-    d.elapse(86400.0)
+    d.elapse(600.0)
     after = program(x)
-    assert program.age_s == 86400.0
+    assert program.age_s == 600.0
     assert (after < before).all()  # conductances decay under drift
+    assert program.cost.error > 0.0 and "read 600 s after t0" in program.cost.formula
+
+
+def test_elapse_past_the_usable_age_is_refused_and_the_clock_stays():
+    """Issue 15: ``?t=86400&drift_compensation=0`` is refused at hal.device(...), but elapse(86400) used to age the same
+    device's programs there silently, past the tolerance it declared."""
+    uri = "memristor:0?drift_compensation=0&seed=1"
+    with pytest.raises(InvalidInput, match="drift_compensation"):
+        hal.device(uri + "&t=86400")
+    d = fresh(uri)
+    x, w = torch.randn(8, 64), torch.randn(16, 64)
+    program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    with pytest.raises(InvalidInput, match=r"read 86400 s after t0.*clock stays at 0 s.*reprogram"):
+        d.elapse(86400.0)
+    assert d.clock_s == 0.0 and program.age_s == 0.0
+    program.release()
+    d.elapse(86400.0)  # no program is that old now: a weight programmed afterwards starts at ?t again
+    fresh_program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    assert fresh_program.age_s == 0.0 and d.clock_s == 86400.0
+
+
+def test_elapse_rederives_the_errors_and_the_declared_tolerance():
+    d = fresh("memristor:0?seed=2")
+    base = d.capabilities.ops["linear"].tolerance["float32"]
+    x, w = torch.randn(8, 128), torch.randn(10, 128)
+    program = d.prepare(OpSpec("linear", [x], {"weight": w}), {"weight": w})
+    at_t0 = program.cost.error
+    assert at_t0 == pytest.approx(d.expected_error(128, 10).error)
+    year = 365.25 * 86400.0
+    d.elapse(year)
+    assert program.cost.error == pytest.approx(d.expected_error(128, 10, age_s=year).error) and program.cost.error > at_t0
+    tolerance = d.capabilities.ops["linear"].tolerance["float32"]
+    assert tolerance == pytest.approx(max(base, 2 * program.cost.error + 1e-3)) and tolerance > base
+    assert "after elapse" in d.capabilities.sections["analog"].accuracy["tolerance"].source
+    measured = rel(program(x), x.double() @ w.double().T)
+    assert measured < tolerance
+    with pytest.raises(InvalidInput, match="finite number of seconds"):
+        d.elapse(-1.0)
+
+
+def test_matmul_writes_b_at_every_call_so_elapse_does_not_age_it():
+    """matmul's b used to be read at the program's age although it is programmed at every call."""
+    d = fresh("memristor:0?ideal=1&drift=1&drift_compensation=0")
+    a, b = torch.rand(4, 32), torch.rand(32, 8)
+    program = d.prepare(OpSpec("matmul", [a, b]))
+    d.elapse(365.25 * 86400.0)
+    assert program.age_s == 0.0
+    assert rel(program(a, b), a.double() @ b.double()) < 1e-5  # no drift at t0 after a fresh programming
 
 
 # ---------------------------------------------------------------------------- layers
@@ -324,15 +373,58 @@ def test_elapse_drifts_programs():
 
 def test_convert_swaps_layers_and_runs_on_the_device():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
-    analog = convert(model, "memristor:0?ideal=1")
-    assert isinstance(analog[0], AnalogConv2d) and isinstance(analog[3], AnalogLinear)
+    analog = hal.nn.convert(model, "memristor:0?ideal=1")
+    assert isinstance(analog.module[0], AnalogConv2d) and isinstance(analog.module[3], AnalogLinear)
+    assert [name for name, _ in analog.device_layers()] == ["0", "3"]
     x = torch.randn(3, 1, 6, 6)
     analog.eval()
     with torch.no_grad():
         assert rel(analog(x), model(x)) < 1e-5
-        program = analog[3].analog_program()
+        program = analog.module[3].hal_program()
         analog(x)
-        assert analog[3].analog_program() is program  # programmed once, reused
+        assert analog.module[3].hal_program() is program  # programmed once, reused
+    assert analog.program_weights() == 2 and analog.module[3].hal_program() is program
+
+
+def test_convert_passes_the_noise_options_and_refuses_unknown_ones():
+    analog = hal.nn.convert(torch.nn.Sequential(torch.nn.Linear(8, 4)), "memristor:0", noise_scale=0.5, noise_age_s=3600.0)
+    assert analog.module[0].noise_scale == 0.5 and analog.module[0].noise_age_s == 3600.0
+    with pytest.raises(InvalidInput, match=r"no conversion option\(s\) \['calibration'\].*noise_scale.*noise_age_s"):
+        hal.nn.convert(torch.nn.Linear(8, 4), "memristor:0", calibration=torch.rand(2, 8))
+    with pytest.raises(InvalidInput, match="noise_scale must be a finite number"):
+        hal.nn.convert(torch.nn.Linear(8, 4), "memristor:0", noise_scale=-1.0)
+    with pytest.raises(UnsupportedOp, match="padding_mode 'reflect'"):
+        hal.nn.convert(torch.nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), "memristor:0")
+    with pytest.raises(UnsupportedOp, match="needs 16 tiles"):
+        hal.nn.convert(torch.nn.Linear(256, 256), "memristor:0?tile=64&tiles=4")
+
+
+def test_converted_model_keeps_the_dtype_and_the_state_dict_keys():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    analog = hal.nn.convert(model, "memristor:0?ideal=1").eval()
+    assert analog.module[0].weight.dtype == torch.float64 and analog.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert analog(x).dtype == torch.float64 and rel(analog(x), model(x)) < 1e-5
+
+
+def test_a_backward_through_an_eval_mode_analog_layer_is_a_named_error():
+    """It used to return the gradient of the emulator's rounding and noise (the input's) and no weight gradient."""
+    analog = hal.nn.convert(torch.nn.Linear(8, 4), "memristor:0?ideal=1").eval()
+    x = torch.randn(3, 8, requires_grad=True)
+    with pytest.raises(UnsupportedOp, match="AnalogLinear on memristor:0.*no gradient"):
+        analog(x).sum().backward()
+    analog.train()
+    analog(x).sum().backward()
+    assert analog.module.weight.grad is not None
+
+
+def test_converted_model_forwards_the_device_verbs():
+    analog = hal.nn.convert(torch.nn.Linear(8, 4), "memristor:0?seed=5")
+    device = hal.device("memristor:0?seed=5")
+    assert analog.elapse.__self__ is device and analog.manual_seed.__self__ is device
+    with pytest.raises(AttributeError, match="elapse, manual_seed"):
+        analog.recalibrate()
 
 
 def test_training_injects_noise_with_gradients():
@@ -359,8 +451,8 @@ def test_matmul_programs_b_on_every_call():
 
 def test_grouped_conv_layer_matches_torch_when_ideal():
     layer = torch.nn.Conv2d(4, 6, 3, stride=1, padding=1, groups=2)
-    analog = convert(layer, "memristor:0?ideal=1")
-    assert isinstance(analog, AnalogConv2d)
+    analog = hal.nn.convert(layer, "memristor:0?ideal=1")
+    assert isinstance(analog.module, AnalogConv2d)
     x = torch.randn(2, 4, 5, 5)
     analog.eval()
     with torch.no_grad():
@@ -503,16 +595,16 @@ def test_layer_reprograms_when_its_weight_is_replaced_not_otherwise():
     layer = AnalogLinear(16, 4, bias=False, device_uri="memristor:0?ideal=1").eval()
     x = torch.randn(3, 16)
     with torch.no_grad():
-        first = layer.analog_program()
-        assert layer.analog_program() is first
+        first = layer.hal_program()
+        assert layer.hal_program() is first
         layer.weight.data = torch.randn(4, 16)  # a new storage; _version unchanged
-        second = layer.analog_program()
+        second = layer.hal_program()
         assert second is not first and rel(layer(x), x @ layer.weight.T) < 1e-5
         layer.weight.add_(1.0)  # in place
-        third = layer.analog_program()
+        third = layer.hal_program()
         assert third is not second and rel(layer(x), x @ layer.weight.T) < 1e-5
         layer.weight = torch.nn.Parameter(torch.randn(4, 16))  # a new parameter of the same shape
-        assert layer.analog_program() is not third and rel(layer(x), x @ layer.weight.T) < 1e-5
+        assert layer.hal_program() is not third and rel(layer(x), x @ layer.weight.T) < 1e-5
 
 
 EMPTY_LINEAR = {"no rows": ((0, 16), (8, 16)), "no inputs": ((4, 0), (8, 0)), "no outputs": ((4, 16), (0, 16))}

@@ -1,4 +1,4 @@
-"""PhotonicDevice (hal/drivers/photonic/driver.py, layers.py): conformance, bad input, tiling, options, convert."""
+"""PhotonicDevice (hal/drivers/photonic/driver.py, layers.py): conformance, bad input, tiling, options, hal.nn.convert."""
 
 import dataclasses
 import gc
@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 import hal
+import hal.nn
 from hal.capability import Figure, validate
 from hal.device import OpSpec
-from hal.drivers.photonic import PhotonicLinear, convert
+from hal.drivers.photonic import PhotonicLinear
 from hal.drivers.photonic.energy import laser_power_w
 from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput, UnsupportedOp
 from hal.testing.conformance import DeviceConformance, Sample
@@ -214,17 +215,44 @@ def test_cuda_compute_matches_cpu():
 
 def test_convert_swaps_linear_layers_and_runs_them_on_the_device():
     model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
-    photonic = convert(model, "photonic:0?N=16&ideal=1").eval()
-    assert isinstance(photonic[0], PhotonicLinear) and isinstance(photonic[2], PhotonicLinear)
+    photonic = hal.nn.convert(model, "photonic:0?N=16&ideal=1").eval()
+    assert isinstance(photonic.module[0], PhotonicLinear) and isinstance(photonic.module[2], PhotonicLinear)
     assert isinstance(model[0], nn.Linear) and not isinstance(model[0], PhotonicLinear)
+    assert photonic.state_dict().keys() == model.state_dict().keys()
     x = torch.randn(9, 12)
     with torch.no_grad():
         assert torch.allclose(photonic(x), model(x), atol=1e-4)
-    program = photonic[0].photonic_program()
-    assert photonic[0].photonic_program() is program  # programmed once
+    layer = photonic.module[0]
+    program = layer.hal_program()
+    assert layer.hal_program() is program  # programmed once
+    assert photonic.program_weights() == 2 and layer.hal_program() is program
     with torch.no_grad():
-        photonic[0].weight.mul_(2)
-    assert photonic[0].photonic_program() is not program  # weight changed: reprogrammed
+        layer.weight.mul_(2)
+    assert layer.hal_program() is not program  # weight changed: reprogrammed
+
+
+def test_convert_takes_no_options_and_forwards_manual_seed():
+    with pytest.raises(InvalidInput, match=r"photonic:0\?N=16 has no conversion options \(got \['noise_scale'\]\)"):
+        hal.nn.convert(nn.Linear(4, 4), "photonic:0?N=16", noise_scale=1.0)
+    photonic = hal.nn.convert(nn.Linear(16, 8), "photonic:0?N=16")
+    assert photonic.manual_seed.__self__ is hal.device("photonic:0?N=16")
+    with pytest.raises(AttributeError, match="verbs are: manual_seed"):
+        photonic.elapse(1.0)
+    with pytest.raises(UnsupportedOp, match="max_tiles"):
+        hal.nn.convert(nn.Linear(17, 17), "photonic:0?N=8&max_tiles=4")
+    double = hal.nn.convert(nn.Linear(8, 4).double(), "photonic:0?N=8&ideal=1").eval()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    assert double.module.weight.dtype == torch.float64
+    with torch.no_grad():
+        assert torch.allclose(double(x), x @ double.module.weight.T + double.module.bias, atol=1e-10)
+
+
+def test_a_backward_through_an_eval_mode_photonic_layer_is_a_named_error():
+    """It used to return a gradient for the input only (the emulator's arithmetic), none for the weight."""
+    photonic = hal.nn.convert(nn.Linear(8, 4), "photonic:0?N=8&ideal=1").eval()
+    x = torch.randn(3, 8, requires_grad=True)
+    with pytest.raises(UnsupportedOp, match="PhotonicLinear on photonic:0.*no gradient"):
+        photonic(x).sum().backward()
 
 
 def test_program_error_estimate_matches_what_a_call_gives():
@@ -289,9 +317,9 @@ def test_layer_reprograms_when_its_weight_data_is_replaced():
     layer = PhotonicLinear(8, 4, bias=False, device_uri="photonic:0?N=8&ideal=1").eval()
     x = torch.randn(3, 8)
     with torch.no_grad():
-        first = layer.photonic_program()
+        first = layer.hal_program()
         layer.weight.data = torch.randn(4, 8)  # a new storage, _version unchanged
-        assert layer.photonic_program() is not first
+        assert layer.hal_program() is not first
         assert torch.allclose(layer(x), x @ layer.weight.T, atol=1e-4)
 
 

@@ -26,6 +26,11 @@ Terms, in weight units (normalised weights ``u = |w| / max|w|`` in [0, 1], condu
 * output noise, and the ADC (saturation at +-FS, rounding to FS / steps) averaged over a Gaussian read, against
   the signal ``k E[x~^2] E[u^2]`` of a k-row tile read times the gain drift and IR drop leave (squared), which
   compensation divides out again, amplifying these read errors by the same factor.
+
+A claimed chain of layers (``chain.py``) rounds at the DAC of its first layer and the ADC of its last only:
+``chain_budget`` sums every layer's terms (each without the rounding it skips; output noise and the swing limit
+stay), since a relative error of one layer's output passes the next layer's Gaussian weight (and a ReLU, which
+keeps the active half of both signal and error) at the same relative size.
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ class AccuracyModel:
         generator = torch.Generator().manual_seed(0)
         self._weights = torch.randn(SAMPLE_COLUMNS, config.tile.rows, generator=generator, dtype=torch.float64)
         self._inputs_generator_seed = 1
-        self._budgets: dict[tuple[int, int], ErrorBudget] = {}
+        self._budgets: dict[tuple[int, int, bool, bool], ErrorBudget] = {}
         self._weight_budgets: dict[tuple[int, int], tuple[dict[str, float], float]] = {}
         self._mean_squares: dict[int, float] = {}
 
@@ -122,19 +127,30 @@ class AccuracyModel:
         return x / x.abs().amax(dim=1, keepdim=True)
 
     # ------------------------------------------------------------------ budget
-    def budget(self, inputs: int, outputs: int) -> ErrorBudget:
-        """The error budget of a product with ``inputs`` (reduction length) and ``outputs`` (columns)."""
-        key = (max(inputs, 1), max(outputs, 1))
+    def budget(self, inputs: int, outputs: int, dac_rounding: bool = True, adc_rounding: bool = True) -> ErrorBudget:
+        """The error budget of a product with ``inputs`` (reduction length) and ``outputs`` (columns); without
+        ``dac_rounding`` / ``adc_rounding`` for a layer inside a chain that takes / gives analog values."""
+        key = (max(inputs, 1), max(outputs, 1), dac_rounding, adc_rounding)
         if key not in self._budgets:
             self._budgets[key] = self._budget(*key)
         return self._budgets[key]
+
+    def chain_budget(self, shapes: list[tuple[int, int]]) -> ErrorBudget:
+        """The error budget of a chain of products of (inputs, outputs) ``shapes`` rounded at its two ends only; one
+        shape gives ``budget``'s numbers. Terms are named ``effect`` for one layer, ``effect (layer j)`` for several."""
+        terms: dict[str, float] = {}
+        last = len(shapes) - 1
+        for j, (inputs, outputs) in enumerate(shapes):
+            layer = self.budget(inputs, outputs, dac_rounding=j == 0, adc_rounding=j == last)
+            terms.update({(name if last == 0 else f"{name} (layer {j})"): value for name, value in layer.terms.items()})
+        return ErrorBudget(shapes[0][0], terms)
 
     def worst(self, max_inputs: int) -> ErrorBudget:
         """The largest expected error over reduction lengths 1, 2, 4, ... up to ``max_inputs`` on full-width tiles."""
         lengths = sorted({1 << i for i in range(max(max_inputs, 1).bit_length())} | {max(max_inputs, 1), self.config.tile.rows})
         return max((self.budget(k, self.config.tile.cols) for k in lengths if k <= max(max_inputs, 1)), key=lambda b: b.error)
 
-    def _budget(self, inputs: int, outputs: int) -> ErrorBudget:
+    def _budget(self, inputs: int, outputs: int, dac_rounding: bool, adc_rounding: bool) -> ErrorBudget:
         tile, effects = self.config.tile, self.config.effects
         grid = TileGrid(1, inputs, outputs, tile.rows, tile.cols)
         rows_used = min(inputs, tile.rows)
@@ -147,7 +163,7 @@ class AccuracyModel:
         terms = dict(weight_terms)
         x = self._inputs(inputs)
         x2 = float(x.square().mean())
-        if effects.quantization:
+        if effects.quantization and dac_rounding:
             steps = tile.dac_steps
             terms["dac_rounding"] = float((x - torch.round(x * steps) / steps).square().mean()) / x2
         elif tile.input_range > 0:
@@ -156,7 +172,7 @@ class AccuracyModel:
         full, last = divmod(inputs, tile.rows)
         blocks = [(tile.rows, full)] + ([(last, 1)] if last else [])
         signal = sum(k * x2 * self._mean_square_magnitude(k) * count for k, count in blocks) / grid.row_blocks
-        terms.update(self._read_terms(signal, read_gain))
+        terms.update(self._read_terms(signal, read_gain, adc_rounding))
         return ErrorBudget(inputs, terms)
 
     def _weight_terms(self, u: torch.Tensor, rows: int, cols: int) -> tuple[dict[str, float], float]:
@@ -248,7 +264,7 @@ class AccuracyModel:
         mean_square = 1 + float(word.square().mean()) + float(bit.square().mean()) - 2 * mean_w - 2 * mean_b + 2 * mean_w * mean_b
         return 1 - mean_w - mean_b, mean_square
 
-    def _read_terms(self, signal: float, read_gain: float) -> dict[str, float]:
+    def _read_terms(self, signal: float, read_gain: float, rounding: bool = True) -> dict[str, float]:
         """Relative variances of output noise and of the ADC (rounding and saturation) for tile reads of mean square
         ``signal`` at full conductance, of which the currents keep ``read_gain`` (drift, IR drop). The ADC error is
         averaged over a Gaussian read (the kept signal plus output noise) on a fine grid. Drift compensation divides
@@ -264,10 +280,10 @@ class AccuracyModel:
         density = density / density.sum()
         read = z * math.sqrt(signal * read_gain**2 + noise**2)
         digitised = read.clamp(-tile.adc_full_scale, tile.adc_full_scale)
-        if effects.quantization:
+        if effects.quantization and rounding:
             step = tile.adc_full_scale / tile.adc_steps
             digitised = torch.round(digitised / step) * step
-        terms["adc"] = float(((read - digitised).square() * density).sum()) / reference
+        terms["adc" if rounding else "output_swing"] = float(((read - digitised).square() * density).sum()) / reference
         return terms
 
 

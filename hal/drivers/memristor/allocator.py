@@ -70,6 +70,11 @@ class TileAllocator:
             for program in list(self._programs):
                 self.free(program, reason)
 
+    def programs(self) -> list[TileOwner]:
+        """The programs owning tiles now, oldest first."""
+        with self._lock:
+            return list(self._programs)
+
     @property
     def in_use(self) -> int:
         """Tiles owned by a program now."""

@@ -26,8 +26,11 @@ HERMES_CORE = "Khaddam-Aljameh et al., IEEE JSSC 57(4), 2022: IBM HERMES core of
 AIHWKIT = "Rasch et al., APL Mach. Learn. 1, 041102 (2023), IBM aihwkit"
 
 
-def tolerance_formula(margin: float, floor: float) -> str:
-    return f"{margin:g} x expected_error (worst reduction length) + {floor:g} (float rounding of the digital periphery)"
+def tolerance_formula(margin: float, floor: float, clock_s: float = 0.0) -> str:
+    text = f"{margin:g} x expected_error (worst reduction length) + {floor:g} (float rounding of the digital periphery)"
+    if clock_s:
+        text += f"; after elapse (device clock {clock_s:g} s), the largest of that and of every live program's at its read age"
+    return text
 
 
 def build_capabilities(device: MemristorDevice, worst: ErrorBudget, tolerance: float, margin: float, floor: float, limit: Figure) -> Capabilities:
@@ -77,7 +80,7 @@ def build_capabilities(device: MemristorDevice, worst: ErrorBudget, tolerance: f
             "step_time": Figure.assumed(energy.program_pulse_time_s, "s", "a 100 ns pulse plus a 1 us verify read (order of magnitude)"),
         },
         read_age=option.figure("t", device.options["t"], "s", Figure.assumed(0.0, "s", "reads at the drift reference time t0 = 20 s after programming")),
-        accuracy={**_accuracy(worst), "tolerance": Figure.derived(tolerance, "1", tolerance_formula(margin, floor)), "tolerance_limit": limit},
+        accuracy={**_accuracy(worst), "tolerance": Figure.derived(tolerance, "1", tolerance_formula(margin, floor, device.clock_s)), "tolerance_limit": limit},
     )
     return Capabilities(
         uri=str(device.uri),

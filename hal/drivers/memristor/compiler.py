@@ -4,8 +4,10 @@
 im2col weight per group (groups are stacked tiles), matmul's ``b``. ``CrossbarCompiler`` takes tiles from the
 allocator, programs the conductances (``tile.Crossbar``) and builds the Program's run function: the streamed
 operand through DACs, conductances and ADCs, plus the digital bias and ReLU. matmul's ``b`` is an input, so it is
-programmed on every call. A product with an empty dimension (no inputs, outputs, stacked matrices or vectors)
-touches no tile and returns what the CPU returns: zeros, plus the bias.
+programmed on every call (and so always read at the device's ``?t``, however much time ``elapse`` let pass). A
+product with an empty dimension (no inputs, outputs, stacked matrices or vectors) touches no tile and returns what
+the CPU returns: zeros, plus the bias. ``compile_chain`` builds the one Program of a claimed chain of linear layers
+(``chain.py``): every layer on its own tiles, DAC rounding at the first layer only, ADC rounding at the last only.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hal.programs import ResidentProgram
 
 if TYPE_CHECKING:
     from hal.drivers.memristor.driver import MemristorDevice
+    from hal.subgraph import Subgraph
 
 
 def weight_grid(op: OpSpec, config: CrossbarConfig, uri: str) -> TileGrid:
@@ -53,19 +56,30 @@ def _empty(grid: TileGrid) -> bool:
 
 
 class MemristorProgram(ResidentProgram):
-    """Programmed conductances on some of the device's tiles, with their programming report and read counters."""
+    """Programmed conductances on some of the device's tiles, with their programming report and read counters.
 
-    def __init__(self, op: OpSpec, device: MemristorDevice, cost: Cost, run: Callable[..., Any], params: dict[str, torch.Tensor]):
+    ``shapes`` lists the (inputs, outputs) of each product a call reads in sequence (one for an op, one per layer
+    for a chain; none for an empty product), ``read_cost`` the latency and energy of a call, from which the device
+    derives ``cost`` at the program's read age. ``reprograms_each_call``: matmul writes ``b`` at every call.
+    """
+
+    def __init__(self, op: OpSpec, device: MemristorDevice, cost: Cost, run: Callable[..., Any], params: dict[str, torch.Tensor], reprograms_each_call: bool = False):
         super().__init__(op, device, cost, run, params)
         self.tiles: list[int] = []
         self.programmed_at_s = device.clock_s
+        self.reprograms_each_call = reprograms_each_call
+        self.shapes: list[tuple[int, int]] = []
+        self.read_cost = cost
         self.programming = ProgrammingReport()
         self.stats = ReadCounters()
 
     @property
     def age_s(self) -> float:
-        """Seconds after the drift reference time t0 at which this program's conductances are read now."""
+        """Seconds after the drift reference time t0 at which this program's conductances are read now: the device's
+        ``?t`` plus the time ``elapse`` let pass since programming (``?t`` alone when ``b`` is written at every call)."""
         device: MemristorDevice = self.device  # type: ignore[assignment]
+        if self.reprograms_each_call:
+            return device.options["t"]
         return device.options["t"] + device.clock_s - self.programmed_at_s
 
     def release(self) -> None:
@@ -91,10 +105,16 @@ class CrossbarCompiler:
         return builder(op, params, grid)
 
     # ------------------------------------------------------------------ programming and reading
-    def _new_program(self, op: OpSpec, grid: TileGrid, run: Callable[..., Any], params: dict[str, torch.Tensor]) -> MemristorProgram:
-        program = MemristorProgram(op, self.device, self.costs.estimate(op, grid), run, params)
-        if not _empty(grid):
-            program.tiles = self.allocator.allocate(program, grid.tiles, op.name)
+    def _new_program(
+        self, op: OpSpec, grids: list[TileGrid], cost: Cost, run: Callable[..., Any], params: dict[str, torch.Tensor], reprograms_each_call: bool = False
+    ) -> MemristorProgram:
+        """A program owning the tiles of ``grids``, created and given its tiles at one clock reading (``elapse`` waits)."""
+        with self.device.clock_lock:
+            program = MemristorProgram(op, self.device, cost, run, params, reprograms_each_call)
+            program.shapes = [(g.inputs, g.outputs) for g in grids if not _empty(g)]
+            tiles = sum(g.tiles for g in grids if not _empty(g))
+            if tiles:
+                program.tiles = self.allocator.allocate(program, tiles, op.name)
         return program
 
     def _program_weights(self, weights: torch.Tensor) -> Crossbar:
@@ -108,12 +128,13 @@ class CrossbarCompiler:
     def _programmed(self, program: MemristorProgram, op: OpSpec, grid: TileGrid, crossbar: Crossbar) -> None:
         """Record the programming report and the cost at the conductances actually written."""
         program.programming = crossbar.report
-        state = crossbar.state(program.age_s)
-        pair_us = float(state.g_sum_rows.sum() / (grid.stack * grid.inputs * grid.outputs)) * 1e6
-        program.cost = self.costs.programmed(op, grid, pair_us)
+        program.read_cost = self.costs.programmed(op, grid, _mean_pair_us(crossbar, grid, program.age_s))
+        program.cost = self.device.program_cost(program)
 
-    def _read(self, program: MemristorProgram, crossbar: Crossbar, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        out, counters = crossbar.read(x, program.age_s, self.device.generator, bias)
+    def _read(
+        self, program: MemristorProgram, crossbar: Crossbar, x: torch.Tensor, bias: torch.Tensor | None = None, dac_rounding: bool = True, adc_rounding: bool = True
+    ) -> torch.Tensor:
+        out, counters = crossbar.read(x, program.age_s, self.device.generator, bias, dac_rounding, adc_rounding)
         with self._lock:
             program.stats.add(counters)
             self.counters.add(counters)
@@ -140,7 +161,7 @@ class CrossbarCompiler:
                 y = y.relu_()
             return y.reshape(*x.shape[:-1], grid.outputs).to(x.device, x.dtype)
 
-        program = self._new_program(op, grid, run, params)
+        program = self._new_program(op, [grid], self.costs.estimate(op, grid), run, params)
         if not _empty(grid):
             crossbar = self._program_weights(weight.t().unsqueeze(0))
             self._programmed(program, op, grid, crossbar)
@@ -170,7 +191,7 @@ class CrossbarCompiler:
                 y = y + bias_map
             return y.to(x.device, x.dtype)
 
-        program = self._new_program(op, grid, run, params)
+        program = self._new_program(op, [grid], self.costs.estimate(op, grid), run, params)
         if not _empty(grid):
             crossbar = self._program_weights(weight.reshape(groups, out_channels // groups, grid.inputs).transpose(1, 2))
             self._programmed(program, op, grid, crossbar)
@@ -192,8 +213,51 @@ class CrossbarCompiler:
             y = self._read(program, crossbar, streamed)
             return y.reshape(*batch, m, grid.outputs).to(a.device, a.dtype)
 
-        program = self._new_program(op, grid, run, params)  # its cost (the estimate) includes reprogramming b
+        # its cost (the estimate) includes reprogramming b; b is written at each call, so it is always read at ?t
+        program = self._new_program(op, [grid], self.costs.estimate(op, grid), run, params, reprograms_each_call=True)
         return program
+
+    def compile_chain(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
+        """One program for a claimed chain of linear ops: each layer's weight on its own tiles (all given and taken
+        back together), the activations passed on in analog form (``chain.py``)."""
+        config, uri = self.device.config, str(self.device.uri)
+        grids = [weight_grid(op, config, uri) for op in sub.ops]
+        biases = [self._bias(p.get("bias")) for p in params]
+        relus = [op.attr("activation") == "relu" for op in sub.ops]
+        crossbars: list[Crossbar | None] = []
+        torch_device = self.device.torch_device
+        last = len(grids) - 1
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            vectors = math.prod(x.shape[:-1])
+            y = x.to(torch_device).reshape(vectors, grids[0].inputs)
+            for j, (crossbar, grid, bias, relu) in enumerate(zip(crossbars, grids, biases, relus)):
+                if crossbar is None or vectors == 0:
+                    y = torch.zeros(vectors, grid.outputs, device=torch_device) + (bias if bias is not None else 0.0)
+                else:
+                    y = self._read(program, crossbar, y.unsqueeze(0), bias, dac_rounding=j == 0, adc_rounding=j == last)[0]
+                if relu:
+                    y = y.relu_()
+            return y.reshape(*x.shape[:-1], grids[-1].outputs).to(x.device, x.dtype)
+
+        flat_params = {f"{name}{j}": tensor for j, p in enumerate(params) for name, tensor in p.items()}
+        program = self._new_program(sub.as_opspec(), grids, self.costs.chain(sub.ops, grids), run, flat_params)
+        pairs = []
+        for grid, p in zip(grids, params):
+            crossbar = None if _empty(grid) else self._program_weights(p["weight"].t().unsqueeze(0))
+            crossbars.append(crossbar)
+            pairs.append(self.costs.typical_pair_us() if crossbar is None else _mean_pair_us(crossbar, grid, program.age_s))
+            if crossbar is not None:
+                program.programming = add_reports(program.programming, crossbar.report)
+        program.read_cost = self.costs.chain_read(sub.ops, grids, pairs)
+        program.cost = self.device.program_cost(program)
+        return program
+
+
+def _mean_pair_us(crossbar: Crossbar, grid: TileGrid, age_s: float) -> float:
+    """G+ + G- of the device pairs actually written, on average (uS), as read at ``age_s``."""
+    state = crossbar.state(age_s)
+    return float(state.g_sum_rows.sum() / (grid.stack * grid.inputs * grid.outputs)) * 1e6
 
 
 def add_reports(total: ProgrammingReport, new: ProgrammingReport) -> ProgrammingReport:

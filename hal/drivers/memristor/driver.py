@@ -10,8 +10,18 @@ Ops: ``linear`` (weight programmed once; activation none/relu), ``conv2d`` (im2c
 are stacked tiles), and ``matmul(a, b)``: ``b`` is the operand stored in the crossbar and ``a`` is streamed
 through it, so ``b`` is *reprogrammed on every call* (its programming energy and time are charged per call).
 
-Time: reads are simulated ``?t=<seconds>`` after the drift reference time t0 (20 s after programming), plus
-whatever ``elapse(seconds)`` advanced the device clock since the program was written.
+Time: a weight is read ``?t=<seconds>`` after the drift reference time t0 (20 s after its programming), plus
+whatever ``elapse(seconds)`` advanced the device clock since it was written (a verb of converted models too:
+``hal.nn.convert(model, "memristor:0").elapse(3600)``). ``elapse`` is one locked state change of the device: every
+live program ages by ``seconds`` at once (a program is created and given its tiles under the same lock), its
+``cost.error`` and the declared tolerance are re-derived at the new ages, and a step that would age a program past
+the age at which this configuration can declare a tolerance below ``TOLERANCE_LIMIT`` is refused (the clock stays),
+as ``?t=`` that late is refused at ``hal.device(...)``. matmul writes ``b`` at every call, so it always reads at ``?t``.
+
+Models (``convert_module``, what ``hal.nn.convert(model, "memristor:0", noise_scale=1.0)`` calls): each ``nn.Linear``
+/ ``nn.Conv2d`` becomes an ``AnalogLinear`` / ``AnalogConv2d`` (``layers.py``) that trains with noise injection.
+Subgraph claims (``claim`` / ``prepare_subgraph``): a chain of linear ops becomes one Program converting once at each
+end, its activations analog between tiles (``chain.py``).
 
 The device composes four parts, each a module: ``allocator`` (which program owns which tile; the oldest are
 overwritten when tiles run out, and raise ``ProgramInvalidated`` if called again), ``compiler`` (OpSpec and
@@ -23,10 +33,13 @@ expected error is too large to declare a tolerance below 1 is refused, naming th
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from hal import ops as vocabulary
 from hal.capability import Capabilities, Figure, Paradigm
@@ -34,11 +47,14 @@ from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program,
 from hal.drivers.memristor.accuracy import AccuracyModel, ErrorBudget
 from hal.drivers.memristor.allocator import TileAllocator
 from hal.drivers.memristor.capabilities import OPS, build_capabilities
-from hal.drivers.memristor.compiler import CrossbarCompiler, weight_grid
+from hal.drivers.memristor.chain import chain_grids, chain_problem
+from hal.drivers.memristor.compiler import CrossbarCompiler, MemristorProgram, weight_grid
 from hal.drivers.memristor.config import CrossbarConfig, NonIdealities, TileConfig
 from hal.drivers.memristor.cost import CostModel
 from hal.drivers.memristor.energy import ProgrammingReport, ReadCounters
-from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput
+from hal.drivers.memristor.layers import CONVERSION_OPTIONS, analog_twin
+from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput, UnsupportedOp
+from hal.subgraph import Subgraph
 
 #: Declared tolerance = margin x the worst expected error + a floor (float rounding of the digital periphery).
 #: The margin covers the spread of the error over random operands and the budget's approximations (it
@@ -58,7 +74,10 @@ REMEDIES = {
     "dac_rounding": "raise ?dac_bits=",
     "output_noise": "pass ?output_noise=0",
     "adc": "raise ?adc_bits=",
+    "output_swing": "scale the chain's inner activations down (they saturate the output stage's swing)",
 }
+#: Accuracy models kept for read ages other than ``?t`` (programs aged by ``elapse``), least recently used dropped.
+AGED_MODELS = 16
 
 #: ``?name=0/1`` switches and the non-ideality each one turns off or on.
 _SWITCHES = {
@@ -78,6 +97,7 @@ class MemristorDevice(Device):
 
     kind = "memristor"
     refuses_nonfinite = True
+    MODULE_VERBS: ClassVar[tuple[str, ...]] = ("elapse", "manual_seed")
     OPTIONS: ClassVar[dict[str, Option]] = {
         "tile": Option(bounded_int(1), 256, "rows and columns of one crossbar tile (a positive integer)"),
         "tiles": Option(bounded_int(1), 64, "number of crossbar tiles (arrays) the device has"),
@@ -114,14 +134,20 @@ class MemristorDevice(Device):
         tile = self.config.tile
         self.accuracy = AccuracyModel(self.config, self.options["t"])
         self.worst_error = self.accuracy.worst(self.options["tiles"] * tile.rows)
-        if self.tolerance() > TOLERANCE_LIMIT.value:
+        self.base_tolerance = _tolerance_for(self.worst_error)
+        """The tolerance of a freshly programmed weight (read at ``?t``), whatever ``elapse`` did since."""
+        self._tolerance = self.base_tolerance
+        if self._tolerance > TOLERANCE_LIMIT.value:
             worst = self.worst_error
             raise InvalidInput(
                 f"{self.uri}: this configuration's expected relative error is {worst.error:.2f} at reduction length {worst.inputs} "
                 f"(largest effect: {worst.largest()}, {math.sqrt(worst.terms[worst.largest()]):.2f}), so its tolerance would be "
-                f"{self.tolerance():.2f}, above the {TOLERANCE_LIMIT.value} at which an analog product computes noise; {REMEDIES[worst.largest()]}"
+                f"{self._tolerance:.2f}, above the {TOLERANCE_LIMIT.value} at which an analog product computes noise; {_remedy(worst.largest())}"
             )
         self.clock_s = 0.0
+        self.clock_lock = threading.RLock()
+        """Held while the clock moves and while a program is created at a clock reading."""
+        self._aged: OrderedDict[float, AccuracyModel] = OrderedDict()
         self.generator = torch.Generator(device=self.torch_device)
         self.generator.manual_seed(self.options["seed"])
         self.allocator = TileAllocator(str(self.uri), self.options["tiles"], tile.rows, tile.cols)
@@ -179,12 +205,34 @@ class MemristorDevice(Device):
 
     # ------------------------------------------------------------------ capabilities
     def tolerance(self) -> float:
-        """Declared tolerance of every op: margin x the worst expected error of this configuration + a floor."""
-        return TOLERANCE_MARGIN * self.worst_error.error + TOLERANCE_FLOOR
+        """Declared tolerance of every op: margin x the worst expected error + a floor, over the worst reduction length
+        at ``?t`` and, after ``elapse``, over every live program at its read age."""
+        return self._tolerance
 
-    def expected_error(self, inputs: int, outputs: int) -> ErrorBudget:
-        """The error budget of a product of reduction length ``inputs`` and ``outputs`` columns on this device."""
-        return self.accuracy.budget(inputs, outputs)
+    def expected_error(self, inputs: int, outputs: int, age_s: float | None = None) -> ErrorBudget:
+        """The error budget of a product of reduction length ``inputs`` and ``outputs`` columns read ``age_s`` seconds
+        after t0 (default: ``?t``, a freshly programmed weight)."""
+        return self.accuracy_at(self.options["t"] if age_s is None else age_s).budget(inputs, outputs)
+
+    def accuracy_at(self, age_s: float) -> AccuracyModel:
+        """The accuracy model of reads ``age_s`` seconds after t0 (kept for the last ``AGED_MODELS`` ages asked)."""
+        if age_s == self.options["t"]:
+            return self.accuracy
+        with self.clock_lock:
+            model = self._aged.get(age_s)
+            if model is None:
+                model = self._aged[age_s] = AccuracyModel(self.config, age_s)
+                while len(self._aged) > AGED_MODELS:
+                    self._aged.popitem(last=False)
+            self._aged.move_to_end(age_s)
+            return model
+
+    def program_cost(self, program: MemristorProgram) -> Cost:
+        """``program``'s read cost with the expected error of its products (one, or a chain's layers) at its read age."""
+        if not program.shapes:
+            return program.read_cost
+        age = program.age_s
+        return self.costs.with_error(program.read_cost, self.accuracy_at(age).chain_budget(program.shapes), age)
 
     def _build_capabilities(self) -> Capabilities:
         return build_capabilities(self, self.worst_error, self.tolerance(), TOLERANCE_MARGIN, TOLERANCE_FLOOR, TOLERANCE_LIMIT)
@@ -219,6 +267,44 @@ class MemristorDevice(Device):
     def _compile(self, op: OpSpec, params: dict[str, torch.Tensor]) -> Program:
         return self.compiler.compile(op, params)
 
+    # ------------------------------------------------------------------ models (hal.nn.convert)
+    def convert_module(self, module: nn.Module, **options: Any) -> nn.Module | None:
+        """The crossbar twin of an ``nn.Linear`` / ``nn.Conv2d`` (``AnalogLinear`` / ``AnalogConv2d``, weights copied),
+        None for any other module. Options (``CONVERSION_OPTIONS``): ``noise_scale``, ``noise_age_s``, the noise
+        injected in ``train()`` mode; an unknown option is refused, naming those that exist."""
+        unknown = sorted(set(options) - set(CONVERSION_OPTIONS))
+        if unknown:
+            known = "; ".join(f"{name}: {meaning}" for name, meaning in CONVERSION_OPTIONS.items())
+            raise InvalidInput(f"{self.uri} has no conversion option(s) {unknown}; its options are {known}")
+        return analog_twin(module, self, **options)
+
+    # ------------------------------------------------------------------ subgraph claims (chain.py)
+    def claim(self, sub: Subgraph) -> Support:
+        """Chains of linear ops (activation none or relu) whose layers fit the device's tiles together."""
+        problem = chain_problem(self, sub)
+        return Support.no(problem) if problem else Support.yes()
+
+    def estimate_subgraph(self, sub: Subgraph) -> Cost:
+        """A claimed chain: its layers read as single ops are, ADC conversions at the last layer only, the error of
+        every layer without the rounding it skips, summed in quadrature (``cost.CostModel.chain``)."""
+        claimed = self.claim(sub)
+        if not claimed:
+            raise UnsupportedOp(f"{self.uri} does not claim the subgraph {sub}: {claimed.reason}")
+        return self.costs.chain(sub.ops, chain_grids(self, sub))
+
+    def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
+        for j, (op, given) in enumerate(zip(sub.ops, params)):
+            for name, spec in op.params:
+                tensor = given.get(name)
+                if tensor is None:
+                    raise InvalidInput(f"chain op {j} (linear) declares a {name!r} of shape {spec.shape} but none was given; pass params[{j}][{name!r}]")
+                if tuple(tensor.shape) != tuple(spec.shape):
+                    raise InvalidInput(f"chain op {j} (linear): {name!r} has shape {tuple(tensor.shape)} where its OpSpec says {spec.shape}")
+            extra = sorted(set(given) - {name for name, _ in op.params})
+            if extra:
+                raise InvalidInput(f"chain op {j} (linear) got parameter(s) {extra} its OpSpec does not declare; describe them in the OpSpec's params")
+        return self.compiler.compile_chain(sub, params)
+
     @property
     def tiles_in_use(self) -> int:
         return self.allocator.in_use
@@ -239,10 +325,37 @@ class MemristorDevice(Device):
         self.generator.manual_seed(seed)
 
     def elapse(self, seconds: float) -> None:
-        """Advance the device clock: every program's conductances drift ``seconds`` further."""
-        if not seconds >= 0 or math.isinf(seconds):
+        """Let ``seconds`` pass: every program's conductances are read that much later after t0 (drift, 1/f noise).
+
+        One locked state change (see the module docstring): the live programs' ``cost.error`` and the declared
+        tolerance are re-derived at their new read ages. Refused with InvalidInput, the clock unchanged, when a live
+        program would be read where this configuration cannot declare a tolerance below ``TOLERANCE_LIMIT``.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0 or math.isinf(seconds):
             raise InvalidInput(f"{self.uri}: elapse() takes a finite number of seconds >= 0, got {seconds!r}")
-        self.clock_s += seconds
+        self._ensure_open()
+        with self.clock_lock:
+            clock = self.clock_s + seconds
+            aged = []
+            for program in self.allocator.programs():
+                if isinstance(program, MemristorProgram) and program.shapes and not program.reprograms_each_call:
+                    age = self.options["t"] + clock - program.programmed_at_s
+                    aged.append((program, self.accuracy_at(age).chain_budget(program.shapes), age))
+            tolerance = max([self.base_tolerance] + [_tolerance_for(budget) for _, budget, _ in aged])
+            if tolerance > TOLERANCE_LIMIT.value:
+                program, budget, age = max(aged, key=lambda entry: entry[1].error)
+                raise InvalidInput(
+                    f"{self.uri}: after elapse({seconds:g}) its {program.op.name} program of shape(s) {program.shapes} would be read {age:g} s "
+                    f"after t0, where this configuration's expected relative error is {budget.error:.2f} (largest effect: {budget.largest()}), "
+                    f"so its tolerance would be {tolerance:.2f}, above the {TOLERANCE_LIMIT.value} at which an analog product computes noise. "
+                    f"The clock stays at {self.clock_s:g} s: reprogram that weight first (layer.reprogram(), or prepare it again), or "
+                    f"{_remedy(budget.largest())}"
+                )
+            self.clock_s = clock
+            for program, budget, age in aged:
+                program.cost = self.costs.with_error(program.read_cost, budget, age)
+            self._tolerance = tolerance
+            self._capabilities = None  # rebuilt with the new tolerance when next asked
 
     def synchronize(self) -> None:
         if self.torch_device.type == "cuda":
@@ -263,3 +376,13 @@ class MemristorDevice(Device):
             return
         self.allocator.free_all(f"{self.uri} was closed")
         super().close()
+
+
+def _tolerance_for(budget: ErrorBudget) -> float:
+    """The tolerance declared for an expected error: margin x error + floor."""
+    return TOLERANCE_MARGIN * budget.error + TOLERANCE_FLOOR
+
+
+def _remedy(effect: str) -> str:
+    """The option to change when ``effect`` (a budget term, ``name (layer j)`` in a chain) dominates."""
+    return REMEDIES.get(effect.split(" (layer")[0], "use a configuration with fewer non-idealities")

@@ -89,14 +89,17 @@ def read_counters(
     duty_conductance_s: float,
     clipped: int = 0,
     saturated: int = 0,
+    adc_used: bool = True,
 ) -> ReadCounters:
     """Counters of one read of ``batch`` vectors through a (stack, inputs, outputs) weight on its tiles.
 
     ``duty_conductance_s`` is sum over vectors and devices of |x| * G (siemens), the array's Joule term.
+    ``adc_used`` False: the outputs leave in analog form inside a claimed chain (no conversion, no conversion time);
+    the word-line drive is charged as the DAC's either way (the analog transfer of ``chain.py``).
     """
     energy = config.energy
     dac = stack * batch * inputs * col_blocks
-    adc = stack * batch * row_blocks * outputs
+    adc = stack * batch * row_blocks * outputs if adc_used else 0
     return ReadCounters(
         calls=1,
         vectors=stack * batch,
@@ -107,15 +110,17 @@ def read_counters(
         array_energy_j=duty_conductance_s * energy.read_voltage_v**2 * pulse_time_s(config),
         dac_energy_j=dac * (config.tile.dac_bits - 1) * energy.dac_energy_per_bit_j,
         adc_energy_j=adc * energy.adc_energy_j,
-        latency_s=batch * read_time_s(config),
+        latency_s=batch * (read_time_s(config) if adc_used else pulse_time_s(config)),
     )
 
 
-def expected_read_counters(config: CrossbarConfig, stack: int, batch: int, inputs: int, outputs: int, mean_pair_conductance_us: float) -> ReadCounters:
+def expected_read_counters(
+    config: CrossbarConfig, stack: int, batch: int, inputs: int, outputs: int, mean_pair_conductance_us: float, adc_used: bool = True
+) -> ReadCounters:
     """Read counters before running: inputs assumed to use half the DAC range on average (duty 1/2), every
     used device pair at ``mean_pair_conductance_us`` (G+ + G-)."""
     tile = config.tile
     row_blocks = -(-inputs // tile.rows)
     col_blocks = -(-outputs // tile.cols)
     duty_conductance = stack * batch * inputs * outputs * 0.5 * mean_pair_conductance_us * SIEMENS_PER_US
-    return read_counters(config, stack, batch, inputs, outputs, row_blocks, col_blocks, duty_conductance)
+    return read_counters(config, stack, batch, inputs, outputs, row_blocks, col_blocks, duty_conductance, adc_used=adc_used)

@@ -15,6 +15,10 @@ inputs, as in aihwkit's IO model):
 4. additive output noise, ADC saturation at +-``adc_full_scale`` (counted) and rounding;
 5. digital periphery: per-column weight scale, drift compensation factor, sum of the partial sums of the R
    row blocks, input scale.
+
+Inside a claimed chain (``chain.py``) a layer may skip the converter rounding: ``read(dac_rounding=False)`` takes
+analog inputs from the previous layer's output stage, ``read(adc_rounding=False)`` hands its outputs on in analog
+form (output noise and the +-full-scale swing limit stay; only the rounding to levels goes).
 """
 
 from __future__ import annotations
@@ -288,8 +292,9 @@ class Crossbar:
         return ratio.repeat_interleave(cols, dim=1).unsqueeze(1)
 
     # ------------------------------------------------------------------ reading
-    def _convert(self, currents: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        """Output noise, ADC saturation (counted) and rounding, in place on ``currents`` given in ADC LSBs."""
+    def _convert(self, currents: torch.Tensor, generator: torch.Generator, rounding: bool = True) -> tuple[torch.Tensor, int]:
+        """Output noise, saturation at the full scale (counted) and, with ``rounding``, the ADC's rounding to levels,
+        in place on ``currents`` given in ADC LSBs."""
         tile, effects = self.config.tile, self.config.effects
         step = self._adc_step()
         if effects.output_noise and tile.output_noise > 0:
@@ -300,13 +305,21 @@ class Crossbar:
         if float(high) > full_scale or float(low) < -full_scale:  # count only when something saturates
             saturated = int(torch.count_nonzero(currents.abs() > full_scale))
             currents.clamp_(-full_scale, full_scale)
-        if effects.quantization:
+        if effects.quantization and rounding:
             currents.round_()
         return currents, saturated
 
-    def read(self, x: torch.Tensor, age_s: float, generator: torch.Generator, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, ReadCounters]:
-        """Apply the stacked matrices to ``x`` (P, B, K) and add ``bias`` (N,) digitally: returns (P, B, N) and
-        this read's counters."""
+    def read(
+        self,
+        x: torch.Tensor,
+        age_s: float,
+        generator: torch.Generator,
+        bias: torch.Tensor | None = None,
+        dac_rounding: bool = True,
+        adc_rounding: bool = True,
+    ) -> tuple[torch.Tensor, ReadCounters]:
+        """Apply the stacked matrices to ``x`` (P, B, K) and add ``bias`` (N,): returns (P, B, N) and this read's
+        counters. ``dac_rounding`` / ``adc_rounding`` False: the inputs arrive, the outputs leave, in analog form."""
         cfg, grid = self.config, self.grid
         tile = cfg.tile
         state = self.state(age_s)
@@ -322,22 +335,22 @@ class Crossbar:
             input_scale = torch.maximum(high, -low)
             input_scale = torch.where(input_scale > 0, input_scale, torch.ones_like(input_scale))
             codes = x * (1.0 / self._dac_step() / input_scale)
-        if cfg.effects.quantization:
+        if cfg.effects.quantization and dac_rounding:
             codes.round_()
         padded = torch.nn.functional.pad(codes, (0, R * grid.rows - grid.inputs)) if R * grid.rows != grid.inputs else codes
         words = padded.view(P, B, R, grid.rows).transpose(1, 2).reshape(P * R, B, grid.rows)
         currents = torch.bmm(words, state.g_read)  # (P*R, B, C*cols) in ADC LSBs: every tile's analog MVM at once
-        currents, saturated = self._convert(currents, generator)
+        currents, saturated = self._convert(currents, generator, adc_rounding)
         currents.mul_(state.digital_scale)
         summed = currents.view(P, R, B, C * grid.cols).sum(dim=1) if R > 1 else currents.view(P, B, C * grid.cols)
         summed = summed[:, :, : grid.outputs]
         out = torch.addcmul(bias, summed, input_scale) if bias is not None else summed * input_scale
-        counters = self._counters(codes, state, B, clipped, saturated)
+        counters = self._counters(codes, state, B, clipped, saturated, adc_rounding)
         return out, counters
 
-    def _counters(self, codes: torch.Tensor, state: _State, batch: int, clipped: int, saturated: int) -> ReadCounters:
+    def _counters(self, codes: torch.Tensor, state: _State, batch: int, clipped: int, saturated: int, adc: bool) -> ReadCounters:
         grid = self.grid
         # sum over vectors and word lines of PWM pulse fraction x the line's conductance (siemens)
         g_rows = state.g_sum_rows[:, : grid.inputs].unsqueeze(-1)  # (P, K, 1)
         duty_conductance_s = float(torch.bmm(codes.abs(), g_rows).sum()) * self._dac_step()
-        return read_counters(self.config, grid.stack, batch, grid.inputs, grid.outputs, grid.row_blocks, grid.col_blocks, duty_conductance_s, clipped, saturated)
+        return read_counters(self.config, grid.stack, batch, grid.inputs, grid.outputs, grid.row_blocks, grid.col_blocks, duty_conductance_s, clipped, saturated, adc)

@@ -24,6 +24,12 @@ SNR needs; a larger ``?N=`` raises ``CapacityExceeded`` naming the limit. The de
 the configuration (``accuracy.py``: mesh transfer matrices, SNR, ADC bits), never measured on the device's own
 output; a configuration whose tolerance would exceed ``TOLERANCE_LIMIT`` is refused, naming the option at fault.
 A product with an empty dimension touches no mesh and returns what the CPU returns.
+
+Models (``convert_module``, what ``hal.nn.convert(model, "photonic:0")`` calls): each ``nn.Linear`` becomes a
+``PhotonicLinear`` (``layers.py``); there are no conversion options. Subgraph claims (``claim`` / ``prepare_subgraph``):
+a chain of linear ops becomes one Program whose light stays optical between processors where no ReLU and no loss
+limit intervene (``chain.py``). The verb a converted model forwards is ``manual_seed``: nothing in the model drifts
+over time, so there is no recalibration to run.
 """
 
 from __future__ import annotations
@@ -35,18 +41,22 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from hal.capability import Capabilities, Figure, Paradigm
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, bounded_int, choice, parse_bool
 from hal.drivers.photonic.accuracy import AccuracyModel, ErrorBudget
 from hal.drivers.photonic.capabilities import DTYPES, build_capabilities, heater_count
+from hal.drivers.photonic.chain import ComposedTile, chain_problem, folded_bias, plan_segments, reference_weights, relus_of
 from hal.drivers.photonic.decompose import layout_depth
 from hal.drivers.photonic.energy import EnergyConfig, call_cost, loss_budget_db, loss_limited_ports, mesh_loss_db
 from hal.drivers.photonic.imperfections import PhotonicConfig
-from hal.drivers.photonic.processor import Fabrication, PhotonicMatrix
+from hal.drivers.photonic.layers import photonic_twin
+from hal.drivers.photonic.processor import Fabrication, PhotonicMatrix, Tile
 from hal.drivers.photonic.readout import Receiver
-from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput
+from hal.errors import CapacityExceeded, DeviceUnavailable, InvalidInput, UnsupportedOp
 from hal.programs import ResidentProgram
+from hal.subgraph import Subgraph
 
 COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 #: Declared tolerance = margin x the expected error of the reference weights + a rounding floor per dtype. The
@@ -99,9 +109,14 @@ class PhotonicProgram(ResidentProgram):
     def __init__(self, op: OpSpec, device: PhotonicDevice, cost: Cost, run: Callable[..., Any], matrix: PhotonicMatrix | None, params: dict[str, torch.Tensor]):
         super().__init__(op, device, cost, run, params)
         self.matrix = matrix
+        self.segments: list[list[int]] = []
+        """For a claimed chain: the layers of each optical segment (detected once each), in order."""
+        self.segment_matrices: list[PhotonicMatrix] = []
 
     @property
     def stats(self) -> dict:
+        if self.segment_matrices:
+            return {"segments": [m.stats.as_dict() for m in self.segment_matrices], "layers": self.segments}
         return self.matrix.stats.as_dict() if self.matrix is not None else {}
 
     @property
@@ -114,6 +129,7 @@ class PhotonicDevice(Device):
 
     kind = "photonic"
     refuses_nonfinite = True
+    MODULE_VERBS: ClassVar[tuple[str, ...]] = ("manual_seed",)
     OPTIONS: ClassVar[dict[str, Option]] = {
         "N": Option(_ports, 32, f"the mesh size in ports (2..{MAX_PORTS}, and at most the loss-limited size the capabilities give)"),
         "mesh": Option(choice({"clements": "clements", "reck": "reck"}), "clements", "the mesh layout: clements (rectangular) or reck (triangular)"),
@@ -354,6 +370,111 @@ class PhotonicDevice(Device):
         program = PhotonicProgram(op, self, self.estimate(op), run, None, {})
         return program
 
+    # ---- models (hal.nn.convert)
+    def convert_module(self, module: nn.Module, **options: Any) -> nn.Module | None:
+        """The ``PhotonicLinear`` twin of an ``nn.Linear`` (weights copied), None for any other module. There are no
+        conversion options: one given is refused."""
+        if options:
+            raise InvalidInput(f"{self.uri} has no conversion options (got {sorted(options)}); call hal.nn.convert(model, {str(self.uri)!r}) without them")
+        return photonic_twin(module, self)
+
+    # ---- subgraph claims (chain.py)
+    def claim(self, sub: Subgraph) -> Support:
+        """Chains of linear ops (activation none or relu) in which the light stays optical across at least one layer boundary."""
+        problem = chain_problem(self, sub)
+        return Support.no(problem) if problem else Support.yes()
+
+    def estimate_subgraph(self, sub: Subgraph) -> Cost:
+        """A claimed chain, planned on Gaussian weights of its shapes (``chain.reference_weights``): a segment of one
+        layer costs that op's estimate; a longer one is one pass of light through its processors in series, detected
+        once, its lasers making up the processors' losses and the attenuation kappa. Errors of the segments add in
+        quadrature (a relative error passes a later Gaussian layer, and a ReLU, at the same relative size)."""
+        claimed = self.claim(sub)
+        if not claimed:
+            raise UnsupportedOp(f"{self.uri} does not claim the subgraph {sub}: {claimed.reason}")
+        weights = reference_weights(sub)
+        segments, reasons = plan_segments(self, weights, relus_of(sub))
+        n, per_processor = self.ports, mesh_loss_db(self.ports, self.layout, self.config)
+        latency = energy = variance = 0.0
+        parts = []
+        for segment in segments:
+            if len(segment) == 1:
+                cost = self.estimate(sub.ops[segment[0]])
+                latency, energy, variance = latency + cost.latency_s, energy + cost.energy_j, variance + cost.error**2
+                parts.append(f"op {segment[0]} as its own estimate")
+                continue
+            composed = self._composed([weights[k] for k in segment], torch.complex128)
+            matrix = PhotonicMatrix.of_tile(composed, composed.weight, n, self.config, torch.complex128, self.torch_device)
+            layers = len(segment)
+            cost = call_cost(
+                batch=_batch(sub.ops[segment[0]]),
+                inputs=composed.cols,
+                outputs=composed.rows,
+                tiles=1,
+                programmings=0,
+                depth_columns=layers * (2 * layout_depth(n, self.layout) + 1),
+                heater_phase_sum_rad=layers * heater_count(n) * math.pi,
+                signal_power_w=self.receiver.signal_power_w,
+                transmission=10 ** (-layers * per_processor / 10) * composed.kappa**2,
+                config=self.config,
+                energy=self.energy,
+            )
+            latency, energy = latency + cost.latency_s, energy + cost.energy_j
+            variance += self.accuracy.budget(matrix).error ** 2
+            parts.append(
+                f"ops {segment[0]}-{segment[-1]} one pass of light through {layers} processors ({layers} x {per_processor:.1f} dB + "
+                f"attenuation {-20 * math.log10(composed.kappa):.1f} dB made up by the lasers), detected once: {cost.formula()}"
+            )
+        where = f"; detection between segments at: {'; '.join(reasons)}" if reasons else ""
+        formula = f"{len(segments)} optical segment(s) {segments}, planned on Gaussian weights{where}; " + " | ".join(parts) + "; error = root of the segments' squared derived errors (accuracy.FORMULA)"
+        return Cost(latency, energy, math.sqrt(variance), formula)
+
+    def _composed(self, weights: list[np.ndarray], dtype: torch.dtype) -> ComposedTile:
+        """Processors in series programmed with ``weights`` (each one tile), every one with this chip's coupler errors."""
+        stages = [Tile(w, self.ports, self.layout, self.config, self.fabrication, dtype, self.torch_device) for w in weights]
+        return ComposedTile(stages, weights, self.config, dtype)
+
+    def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
+        _check_chain_params(sub, params)
+        dtype = sub.ops[0].inputs[0].dtype
+        weights = [p["weight"].detach().to("cpu", torch.float64).numpy() for p in params]
+        biases = [p["bias"].detach().to("cpu", torch.float64).numpy() if p.get("bias") is not None else None for p in params]
+        relus = relus_of(sub)
+        segments, _ = plan_segments(self, weights, relus)
+        stages = []
+        for segment in segments:
+            layer_weights = [weights[k] for k in segment]
+            if len(segment) == 1:
+                matrix = PhotonicMatrix(layer_weights[0], self.ports, self.layout, self.config, self.fabrication, COMPLEX[dtype], self.torch_device)
+            else:
+                composed = self._composed(layer_weights, COMPLEX[dtype])
+                matrix = PhotonicMatrix.of_tile(composed, composed.weight, self.ports, self.config, COMPLEX[dtype], self.torch_device)
+            bias = folded_bias(layer_weights, [biases[k] for k in segment])
+            stages.append((matrix, None if bias is None else torch.as_tensor(bias, dtype=dtype, device=self.torch_device), relus[segment[-1]]))
+        outputs = weights[-1].shape[0]
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            y = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+            for matrix, bias, relu in stages:
+                y = matrix.apply(y, self._noise)
+                if bias is not None:
+                    y = y + bias
+                if relu:
+                    y = torch.relu(y)
+            return y.reshape(*x.shape[:-1], outputs)
+
+        batch = _batch(sub.ops[0])
+        costs = [matrix.cost(batch, matrix.tile_count if matrix.tile_count > 1 else 0, self.energy) for matrix, _, _ in stages]
+        error = math.sqrt(sum(self.accuracy.budget(matrix).error ** 2 for matrix, _, _ in stages))
+        formula = f"{len(stages)} optical segment(s) {segments}, each detected once: " + " | ".join(c.formula() for c in costs) + "; error = root of the segments' squared derived errors of the programmed meshes (accuracy.FORMULA)"
+        cost = Cost(sum(c.latency_s for c in costs), sum(c.energy_j for c in costs), error, formula)
+        flat_params = {f"{name}{j}": tensor for j, p in enumerate(params) for name, tensor in p.items()}
+        program = PhotonicProgram(sub.as_opspec(), self, cost, run, None, flat_params)
+        program.segments = segments
+        program.segment_matrices = [matrix for matrix, _, _ in stages]
+        self._last_cost = costs[-1]
+        return program
+
     # ---- lifecycle
     def manual_seed(self, seed: int) -> None:
         """Restart the detector-noise stream (the chip's fabrication errors stay those of ``?seed=``)."""
@@ -374,3 +495,17 @@ def _batch(op: OpSpec) -> int:
     """Vectors per call: the product of the leading dimensions of the streamed input (open ones count 1)."""
     shape = op.inputs[0].shape[:-1] if op.inputs else ()
     return math.prod(1 if s is None else s for s in shape) if shape else 1
+
+
+def _check_chain_params(sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> None:
+    """InvalidInput where a chain op's bound parameters do not match its OpSpec (names and shapes)."""
+    for j, (op, given) in enumerate(zip(sub.ops, params)):
+        for name, spec in op.params:
+            tensor = given.get(name)
+            if tensor is None:
+                raise InvalidInput(f"chain op {j} (linear) declares a {name!r} of shape {spec.shape} but none was given; pass params[{j}][{name!r}]")
+            if tuple(tensor.shape) != tuple(spec.shape):
+                raise InvalidInput(f"chain op {j} (linear): {name!r} has shape {tuple(tensor.shape)} where its OpSpec says {spec.shape}")
+        extra = sorted(set(given) - {name for name, _ in op.params})
+        if extra:
+            raise InvalidInput(f"chain op {j} (linear) got parameter(s) {extra} its OpSpec does not declare; describe them in the OpSpec's params")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,21 +89,9 @@ class Tile:
         attenuation = self._attenuator_transmission(config, fabrication.attenuators, scales, device)
         v = self.v_mesh.transfer_matrix(scales, torch.complex128, device)
         uu = self.u_mesh.transfer_matrix(scales, torch.complex128, device)
-        actual = uu @ (attenuation[:, :, None] * v)  # (channels, n, n)
-        nominal = torch.zeros(n, n, dtype=torch.complex128, device=device)
-        nominal[:rows, :cols] = torch.as_tensor(block / self.scale, dtype=torch.complex128, device=device)
-        norm = torch.sum(nominal.abs() ** 2)
-        gain = torch.sum(nominal.conj() * actual, dim=(-1, -2)) / norm if norm > 0 else torch.ones(len(scales), dtype=torch.complex128, device=device)
-        self.gain = torch.where(gain.abs() > 0, gain, torch.ones_like(gain))
-        self.transmission = float(torch.mean(self.gain.abs() ** 2))
-        self.transfer = actual[:, :rows, :cols].to(dtype)
-        # ADC full scale per output: the largest |amplitude| the nominal matrix can give for |inputs| <= 1.
-        self.full_scale = nominal[:rows, :cols].abs().sum(-1).clamp_min(1e-12).to(torch.float64)
-        # The matrix the readout effectively applies: coherent detection keeps the in-phase quadrature.
-        effective = actual[:, :rows, :cols] / self.gain[:, None, None]
-        if config.detector.detection == "coherent":
-            effective = effective.real.to(torch.complex128)
-        self.matrix_error = float(torch.linalg.vector_norm(effective - nominal[:rows, :cols]) / (math.sqrt(len(scales)) * max(float(norm.sqrt()), 1e-300)))
+        self.actual = uu @ (attenuation[:, :, None] * v)
+        """The processor's transfer matrix over all n ports at every wavelength, (channels, n, n), as programmed."""
+        self.gain, self.transmission, self.transfer, self.full_scale, self.matrix_error = calibrate(self.actual, self.normalised, config, dtype)
 
     @staticmethod
     def _program_attenuators(sigma: np.ndarray, config: PhotonicConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +119,28 @@ class Tile:
         return self.v_mesh.depth + 1 + self.u_mesh.depth
 
 
+def calibrate(actual: torch.Tensor, nominal: torch.Tensor, config: PhotonicConfig, dtype: torch.dtype) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor, float]:
+    """The one-scalar readout calibration of ``actual`` (channels, n, n) against the ``nominal`` (rows, cols) real
+    matrix it should apply: (gain per channel, mean power transmission |gain|^2, transfer (channels, rows, cols) in
+    ``dtype``, ADC full scale per output, matrix error of what the readout effectively applies)."""
+    rows, cols = nominal.shape
+    target = nominal.to(device=actual.device, dtype=torch.complex128)
+    block = actual[:, :rows, :cols]
+    norm = torch.sum(target.abs() ** 2)
+    channels = actual.shape[0]
+    gain = torch.sum(target.conj() * block, dim=(-1, -2)) / norm if norm > 0 else torch.ones(channels, dtype=torch.complex128, device=actual.device)
+    gain = torch.where(gain.abs() > 0, gain, torch.ones_like(gain))
+    transmission = float(torch.mean(gain.abs() ** 2))
+    # ADC full scale per output: the largest |amplitude| the nominal matrix can give for |inputs| <= 1.
+    full_scale = target.abs().sum(-1).clamp_min(1e-12).to(torch.float64)
+    # The matrix the readout effectively applies: coherent detection keeps the in-phase quadrature.
+    effective = block / gain[:, None, None]
+    if config.detector.detection == "coherent":
+        effective = effective.real.to(torch.complex128)
+    error = float(torch.linalg.vector_norm(effective - target) / (math.sqrt(channels) * max(float(norm.sqrt()), 1e-300)))
+    return gain, transmission, block.to(dtype), full_scale, error
+
+
 def wavelength_scales(config: PhotonicConfig) -> list[float]:
     """Phase scale lambda_programmed / lambda of each WDM channel (all 1 without dispersion)."""
     wavelengths = config.wdm.wavelengths_nm()
@@ -151,18 +162,29 @@ class PhotonicMatrix:
             raise ValueError(f"weight must be 2-D (rows, cols), got shape {weight.shape}")
         if not np.isfinite(weight).all():
             raise ValueError("weight holds NaN/inf; a photonic mesh cannot be programmed with it")
+        rows, cols = weight.shape
+        row_tiles, col_tiles = math.ceil(rows / n), math.ceil(cols / n)
+        if config.detector.detection == "intensity" and row_tiles * col_tiles > 1:
+            raise ValueError(f"intensity detection reads |W x|^2 per tile and cannot sum tiles; this {rows}x{cols} weight needs {row_tiles * col_tiles} tiles of {n}x{n}")
+        device = torch.device(device)
+        tiles = [[Tile(weight[r * n : (r + 1) * n, c * n : (c + 1) * n], n, layout, config, fabrication, dtype, device) for c in range(col_tiles)] for r in range(row_tiles)]
+        self._setup(tiles, weight, n, config, dtype, device)
+
+    @classmethod
+    def of_tile(cls, tile: Any, weight: np.ndarray, n: int, config: PhotonicConfig, dtype: torch.dtype, device: torch.device | str) -> PhotonicMatrix:
+        """A matrix of one programmed tile-like block (``chain.ComposedTile``: processors in series) applying ``weight``."""
+        matrix = cls.__new__(cls)
+        matrix._setup([[tile]], weight, n, config, dtype, torch.device(device))
+        return matrix
+
+    def _setup(self, tiles: list[list[Any]], weight: np.ndarray, n: int, config: PhotonicConfig, dtype: torch.dtype, device: torch.device) -> None:
         self.rows, self.cols = weight.shape
         self.n, self.config = n, config
-        self.device = torch.device(device)
+        self.device = device
         self.dtype = dtype
         self.receiver = Receiver(config.detector, config.noise_on)
-        self.row_tiles, self.col_tiles = math.ceil(self.rows / n), math.ceil(self.cols / n)
-        if config.detector.detection == "intensity" and self.row_tiles * self.col_tiles > 1:
-            raise ValueError(f"intensity detection reads |W x|^2 per tile and cannot sum tiles; this {self.rows}x{self.cols} weight needs {self.row_tiles * self.col_tiles} tiles of {n}x{n}")
-        self.tiles = [
-            [Tile(weight[r * n : (r + 1) * n, c * n : (c + 1) * n], n, layout, config, fabrication, dtype, self.device) for c in range(self.col_tiles)]
-            for r in range(self.row_tiles)
-        ]
+        self.row_tiles, self.col_tiles = len(tiles), len(tiles[0])
+        self.tiles = tiles
         flat = [t for row in self.tiles for t in row]
         errors = np.array([t.matrix_error for t in flat])
         norms = np.array([np.linalg.norm(weight[r * n : (r + 1) * n, c * n : (c + 1) * n]) for r in range(self.row_tiles) for c in range(self.col_tiles)])
