@@ -22,20 +22,7 @@ from torch import nn
 from hal import registry
 from hal.device import Device, OpSpec, Program, TensorSpec
 from hal.errors import UnsupportedOp
-from hal.programs import Reprogrammer
-
-
-class _NoDeviceGradient(torch.autograd.Function):
-    """Identity forward; a backward that names the device which computed the value."""
-
-    @staticmethod
-    def forward(ctx: Any, out: torch.Tensor, weight: torch.Tensor, what: str) -> torch.Tensor:
-        ctx.what = what
-        return out.view_as(out)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
-        raise UnsupportedOp(f"{ctx.what} ran on the device in eval() mode and has no gradient; call model.train() to train it (digitally), then eval() to run it on the device")
+from hal.programs import Reprogrammer, without_gradient
 
 
 class _DeviceLayer:
@@ -59,10 +46,8 @@ class _DeviceLayer:
         return self._programs.program(params, lambda p: self.hal_device.prepare(self._op_spec(), p))  # type: ignore[attr-defined]
 
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.hal_program()(x)
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            out = _NoDeviceGradient.apply(out, self.weight, f"{type(self).__name__} on {self.device_uri}")
-        return out
+        sources = [x, self.weight] + ([] if self.bias is None else [self.bias])
+        return without_gradient(self.hal_program()(x), sources, f"{type(self).__name__} on {self.device_uri}")
 
     def _specs(self) -> dict[str, TensorSpec | None]:
         return {"weight": TensorSpec(tuple(self.weight.shape), self.weight.dtype), "bias": None if self.bias is None else TensorSpec(tuple(self.bias.shape), self.bias.dtype)}
