@@ -11,8 +11,8 @@ Modules: ``capture`` (torch.fx -> graph of OpSpecs), ``inplace`` (in-place write
 ``placement`` (dynamic programming over the topological order), ``claims`` (stages offered to their device as
 one subgraph), ``capacity`` (what a device holds resident),
 ``costs`` (host, links, conversions), ``convert`` (tensor <-> spikes, optical amplitudes, qubit angles),
-``executor`` (chained Programs, overlap, fallback), ``explain`` (table, JSON, PNG), ``command`` (the
-``hal plan`` CLI entry). A Plan may be run from several threads at once.
+``executor`` (chained Programs, overlap, fallback), ``explain`` (table, JSON, PNG), ``command`` (the model
+file and pins ``hal plan`` reads). A Plan may be run from several threads at once.
 """
 
 from hal.runtime.capture import Graph, Node, UntraceableModel, capture

@@ -1,9 +1,9 @@
-"""The ``hal plan FILE --policy P [--pin NODE=URI ...] [--json] [--plot out.png]`` command.
+"""What the ``hal plan FILE`` command (``hal.cli.plan``) reads from the user: the model file and the pins.
 
 FILE is a Python file that defines ``build()`` returning ``(model, example_inputs)``: a torch.nn.Module
 and a tensor or tuple of tensors to trace it with. It may also define ``PINS = {"node": "uri"}``,
-default pins that ``--pin`` options extend or override. Nothing runs on a device: the command captures,
-places and explains. Emulators take part only when pinned or with ``allow_simulated`` (``hal.runtime.planner``).
+default pins that ``--pin NODE=URI`` options extend or override. The command itself (options, exit codes,
+output) is ``hal.cli.plan``, the one implementation.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from hal.errors import HalError, InvalidInput
-
-#: Exit codes: 0 planned, 1 the model file is unusable, 2 planning refused (bad pins, unsupported ops, ...).
-EXIT_OK, EXIT_BAD_FILE, EXIT_REFUSED = 0, 1, 2
+from hal.errors import InvalidInput
 
 
 def load_model_file(model_path: str) -> tuple[Any, Any, dict[str, str]]:
@@ -48,35 +43,3 @@ def parse_pins(pins: list[str]) -> dict[str, str]:
             raise InvalidInput(f"--pin {text!r}: write a pin as NODE=URI, e.g. --pin fc2=memristor:0")
         parsed[node.strip()] = uri.strip()
     return parsed
-
-
-def plan_command(model_path: str, policy: str, pins: list[str], as_json: bool, plot: str | None, allow_simulated: bool = False) -> int:
-    """Plan the model of ``model_path`` and print the plan (table, or JSON with ``as_json``); returns an exit code.
-
-    ``allow_simulated`` lets the emulators found here take part (by default only real devices and pinned ones do).
-    """
-    from hal.runtime.planner import plan as make_plan
-
-    out = Console(soft_wrap=True)
-    err = Console(stderr=True)
-    try:
-        model, example_inputs, default_pins = load_model_file(model_path)
-    except HalError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        return EXIT_BAD_FILE
-    except Exception as exc:  # noqa: BLE001 (the user's file failed: say so, with the exception, not a traceback wall)
-        err.print(f"[red]error:[/red] {model_path} failed while loading or building: {type(exc).__name__}: {exc}")
-        return EXIT_BAD_FILE
-    try:
-        the_plan = make_plan(model, example_inputs, policy=policy, pins={**default_pins, **parse_pins(pins)}, allow_simulated=allow_simulated)
-    except HalError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        return EXIT_REFUSED
-    if as_json:
-        out.print_json(the_plan.to_json())
-    else:
-        out.print(str(the_plan), end="", markup=False, highlight=False)
-    if plot:
-        the_plan.save_plot(plot)
-        err.print(f"plot written to {plot}")
-    return EXIT_OK

@@ -7,7 +7,9 @@ Crossing from location a to location b therefore costs ``bytes * (egress[a] + in
 * the link: bytes / link bandwidth and bytes * link energy, for devices whose torch device is not
   the host (a GPU); devices computing in host memory (emulators, the CPU) have no link;
 * the conversion: decoding out of a non-digital paradigm and encoding into one, as host memory
-  traffic (``hal.runtime.convert.CODINGS``) at the host's bandwidth and energy per byte.
+  traffic (``hal.runtime.convert.CODINGS``) at the host's bandwidth and energy per byte, unless the device
+  declares that its own estimates include that conversion (``converts_in_estimates``: Loihi 2 prices its rate
+  encode and decode in ``estimate``), so that it is counted once.
 
 Conversions add no error here: each driver's ``estimate(op).error`` already covers its own edge
 (spike-count quantisation, DAC/ADC, shot noise), and counting it twice would bias against those devices.
@@ -79,9 +81,18 @@ class HostModel:
         return Cost(latency, energy, error, "host roofline: max(flops / host flop rate, bytes / host bandwidth); energy flops * J/flop + bytes * J/B; error sqrt(K) * unit roundoff")
 
 
+#: The capability flag a driver sets when every estimate of its device already includes the conversion of tensors
+#: into and out of its paradigm at its edge (read with getattr: devices that do not declare it convert here).
+CONVERSION_FLAG = "estimates_include_edge_conversion"
+
+
 @dataclass(frozen=True)
 class Edge:
-    """Per-byte cost of leaving (``egress``) and entering (``ingress``) one location: (seconds, joules) per byte."""
+    """Per-byte cost of leaving (``egress``) and entering (``ingress``) one location: (seconds, joules) per byte.
+
+    ``conversion`` says where the paradigm conversion is priced: ``"none"`` (digital), ``"host traffic"`` (here)
+    or ``"in the device's estimates"`` (the driver's, so the edge holds the link only).
+    """
 
     egress_s: float
     egress_j: float
@@ -89,6 +100,12 @@ class Edge:
     ingress_j: float
     link: str
     paradigm: str
+    conversion: str
+
+
+def converts_in_estimates(device: Device) -> bool:
+    """True when ``device`` declares that its estimates already price its paradigm conversion at the edge."""
+    return bool(getattr(device.capabilities, CONVERSION_FLAG, False))
 
 
 def link_figure(device: Device) -> Figure | None:
@@ -104,13 +121,17 @@ def link_figure(device: Device) -> Figure | None:
 def edge_rates(device: Device | None, host: HostModel) -> Edge:
     """Per-byte egress/ingress costs of a location (None is the host: free)."""
     if device is None:
-        return Edge(0.0, 0.0, 0.0, 0.0, "host memory", Paradigm.DIGITAL.value)
-    paradigm = device.capabilities.paradigm
+        return Edge(0.0, 0.0, 0.0, 0.0, "host memory", Paradigm.DIGITAL.value, "none")
+    paradigm = Paradigm(device.capabilities.paradigm)
     link = link_figure(device)
     link_s = 1 / link.value if link else 0.0
     link_j = 2 * host.energy_j_per_byte.value if link else 0.0  # derived: a DRAM read at one end, a write at the other
-    out_traffic = traffic_per_byte(paradigm, "out")
-    in_traffic = traffic_per_byte(paradigm, "in")
+    if paradigm is Paradigm.DIGITAL:
+        out_traffic, in_traffic, conversion = 0.0, 0.0, "none"
+    elif converts_in_estimates(device):
+        out_traffic, in_traffic, conversion = 0.0, 0.0, "in the device's estimates"
+    else:
+        out_traffic, in_traffic, conversion = traffic_per_byte(paradigm, "out"), traffic_per_byte(paradigm, "in"), "host traffic"
     bw, e_byte = host.bandwidth_b_per_s.value, host.energy_j_per_byte.value
     return Edge(
         link_s + out_traffic / bw,
@@ -118,7 +139,8 @@ def edge_rates(device: Device | None, host: HostModel) -> Edge:
         link_s + in_traffic / bw,
         link_j + in_traffic * e_byte,
         f"{link} ({link.source})" if link else "host memory",
-        Paradigm(paradigm).value,
+        paradigm.value,
+        conversion,
     )
 
 
@@ -130,5 +152,6 @@ def transfer_cost(nbytes: int, src: Edge, dst: Edge) -> Cost:
         nbytes * (src.egress_s + dst.ingress_s),
         nbytes * (src.egress_j + dst.ingress_j),
         0.0,
-        f"{nbytes} B: {src.paradigm} -> {dst.paradigm}; link(s) {src.link} / {dst.link}; conversions as host traffic",
+        f"{nbytes} B: {src.paradigm} -> {dst.paradigm}; link(s) {src.link} / {dst.link}; "
+        f"conversion out: {src.conversion}, in: {dst.conversion}",
     )

@@ -358,8 +358,9 @@ def _optimise(graph: Graph, allowed, rates: list[Edge], weights, specs: dict) ->
 
 
 def _transfers(graph: Graph, assignment: list[int], rates: list[Edge], specs: dict, index: dict[str, int]) -> list[Transfer]:
-    """Every value crossing locations at a cost (graph inputs in, outputs back to the host); free hand-overs
-    in host memory (host <-> cpu, or a host-memory emulator of the same paradigm) are left out."""
+    """Every value crossing locations at a cost or across paradigms (graph inputs in, outputs back to the host);
+    free hand-overs in host memory within one paradigm (host <-> cpu) are left out. A paradigm crossing priced in
+    the device's own estimate (``costs.converts_in_estimates``) is listed at the cost of its link alone."""
     out: list[Transfer] = []
     for i, node in enumerate(graph.nodes):
         dst = assignment[i]
@@ -374,7 +375,7 @@ def _transfers(graph: Graph, assignment: list[int], rates: list[Edge], specs: di
         if p is not None and assignment[p] != 0:
             b = _nbytes(specs.get(name))
             out.append(Transfer(name, "output", assignment[p], 0, b, transfer_cost(b, rates[assignment[p]], rates[0])))
-    return [t for t in out if t.cost.latency_s or t.cost.energy_j]
+    return [t for t in out if t.cost.latency_s or t.cost.energy_j or rates[t.src].paradigm != rates[t.dst].paradigm]
 
 
 def _over_capacity(graph: Graph, locations, limits: list[list[Capacity]], assignment: list[int], pins: Mapping[str, str], fixed: Mapping[str, int]):

@@ -19,6 +19,7 @@ from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.device import Cost, Device, DeviceInfo, OpSpec, Program, Support
 from hal.errors import DeviceFailure
 from hal.kernels.torch_ops import TORCH_OPS
+from hal.runtime.costs import CONVERSION_FLAG
 from hal.subgraph import Subgraph, run_wired
 
 
@@ -40,6 +41,8 @@ class FakeDevice(Device):
     claim_ops: tuple[str, ...] = ()
     #: Its subgraph estimate is this factor times the sum of the ops' estimates.
     claim_factor = 0.5
+    #: Declares that its estimates include its paradigm conversion at the edge (``costs.CONVERSION_FLAG``).
+    converts_in_estimates = False
 
     def __init__(self, uri):
         super().__init__(uri)
@@ -54,10 +57,12 @@ class FakeDevice(Device):
 
     def _build_capabilities(self) -> Capabilities:
         memory = Figure.measured(self.memory_bytes, "B", "test fake") if self.memory_bytes is not None else None
-        return Capabilities(
+        caps = Capabilities(
             uri=str(self.uri), kind=self.kind, paradigm=self.paradigm, simulated=self.simulated, identity={},
             ops={name: OpSupport(("float32",), {"float32": 1e-3}) for name in self.ops}, memory_bytes=memory,
         )
+        setattr(caps, CONVERSION_FLAG, self.converts_in_estimates)  # set on the instance: works with or without the declared field
+        return caps
 
     def estimate(self, op: OpSpec) -> Cost:
         flops = vocabulary.flops(op)

@@ -1,17 +1,21 @@
-"""hal.runtime.command.plan_command: the `hal plan FILE` entry."""
+"""hal.runtime.command: the model file and the pins that `hal plan FILE` reads (the command is tested in tests/test_cli.py)."""
 
 from __future__ import annotations
 
-import json
+import re
 import textwrap
 
 import pytest
+import torch
 
-from hal.runtime.command import EXIT_BAD_FILE, EXIT_OK, EXIT_REFUSED, parse_pins, plan_command
+from hal.errors import InvalidInput
+from hal.runtime.command import load_model_file, parse_pins
 
 MODEL = textwrap.dedent(
     """
     import torch, torch.nn as nn
+
+    PINS = {"2": "cpu:0"}
 
     def build():
         torch.manual_seed(0)
@@ -20,53 +24,32 @@ MODEL = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def model_file(tmp_path, monkeypatch):
-    import hal
-    from hal.runtime import planner as plan_module
-
-    def gathered(allow_simulated=False):
-        return ([hal.device("cpu"), hal.device("memristor:0")] if allow_simulated else [hal.device("cpu")]), []
-
-    monkeypatch.setattr(plan_module, "available_devices", gathered)
+def test_load_model_file_returns_the_model_its_inputs_and_default_pins(tmp_path):
     path = tmp_path / "model.py"
     path.write_text(MODEL)
-    return str(path)
+    model, inputs, pins = load_model_file(str(path))
+    assert isinstance(model, torch.nn.Sequential) and inputs[0].shape == (4, 8)
+    assert pins == {"2": "cpu:0"}
 
 
-def test_plan_prints_the_table(model_file, capsys):
-    assert plan_command(model_file, "energy", [], False, None) == EXIT_OK
-    out = capsys.readouterr().out
-    assert "policy energy" in out and "cpu:0" in out and "linear+relu" in out
+@pytest.mark.parametrize(("text", "says"), [
+    ("x = 1\n", "no build()"),
+    ("def build():\n    return 1\n", "must return (model, example_inputs)"),
+])
+def test_a_file_without_a_usable_build_is_refused_with_the_fix(tmp_path, text, says):
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    with pytest.raises(InvalidInput, match=re.escape(says)):
+        load_model_file(str(path))
 
 
-def test_json_and_plot(model_file, capsys, tmp_path):
-    png = tmp_path / "p.png"
-    assert plan_command(model_file, "latency", ["2=cpu:0"], True, str(png)) == EXIT_OK
-    d = json.loads(capsys.readouterr().out)
-    assert d["policy"] == "latency" and d["nodes"][1]["pinned"] is True
-    assert png.read_bytes()[:4] == b"\x89PNG"
-
-
-def test_bad_pins_and_files_give_exit_codes_and_reasons(model_file, tmp_path, capsys):
-    assert plan_command(model_file, "latency", ["nosuch=cpu:0"], False, None) == EXIT_REFUSED
-    assert "names no node" in capsys.readouterr().err
-    assert plan_command(model_file, "latency", ["2"], False, None) == EXIT_REFUSED
-    assert "NODE=URI" in capsys.readouterr().err
-    assert plan_command(model_file, "fastest", [], False, None) == EXIT_REFUSED
-    empty = tmp_path / "empty.py"
-    empty.write_text("x = 1\n")
-    assert plan_command(str(empty), "latency", [], False, None) == EXIT_BAD_FILE
-    assert "no build()" in capsys.readouterr().err
-    assert plan_command(str(tmp_path / "missing.py"), "latency", [], False, None) == EXIT_BAD_FILE
+def test_a_missing_file_is_refused(tmp_path):
+    with pytest.raises(InvalidInput, match="no such file"):
+        load_model_file(str(tmp_path / "missing.py"))
 
 
 def test_parse_pins():
     assert parse_pins(["fc2=memristor:0", " a = cpu:0 "]) == {"fc2": "memristor:0", "a": "cpu:0"}
-
-
-def test_emulators_take_part_only_when_allowed(model_file, capsys):
-    assert plan_command(model_file, "energy", [], True, None) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)["devices"] == ["cpu:0"]
-    assert plan_command(model_file, "energy", [], True, None, allow_simulated=True) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)["devices"] == ["cpu:0", "memristor:0"]
+    for bad in ("2", "=cpu:0", "fc2="):
+        with pytest.raises(InvalidInput, match="NODE=URI"):
+            parse_pins([bad])
