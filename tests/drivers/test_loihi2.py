@@ -227,7 +227,7 @@ def test_capabilities_source_every_figure_and_cite_loihi_1_energies() -> None:
 def test_lava_backend_is_unavailable_with_a_reason_when_no_interpreter(monkeypatch, tmp_path) -> None:
     from hal.drivers.loihi2 import lava_client
 
-    monkeypatch.setattr(lava_client, "_cache", {})
+    monkeypatch.setattr(lava_client, "_verdicts", {})
     monkeypatch.setattr(lava_client, "_candidates", lambda option: [(option, "the ?python= option")] if option else [])
     missing = tmp_path / "python3.10"
     with pytest.raises(hal.DeviceUnavailable, match="Python 3.10") as caught:
@@ -313,6 +313,59 @@ def test_a_worker_that_hangs_is_killed_and_reported(tmp_path) -> None:
         worker.request({"op": "ping"}, timeout_s=1.0)
     assert not worker.alive
     worker.close()
+
+
+def _counting_python(tmp_path, site, comment: str = "") -> tuple[str, object]:
+    """A stand-in interpreter: this test's Python with ``site`` on its sys.path; also returns how often it was started."""
+    import sys
+
+    runs = tmp_path / "runs"
+    body = f'echo run >> "{runs}"; PYTHONPATH="{site}" exec "{sys.executable}" "$@"{comment}'
+    return _fake_python(tmp_path, body), lambda: len(runs.read_text().split()) if runs.exists() else 0
+
+
+def test_a_lava_verdict_is_kept_until_the_interpreter_or_its_packages_change(tmp_path, monkeypatch) -> None:
+    from hal.drivers.loihi2 import lava_client
+
+    monkeypatch.setenv(lava_client.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setattr(lava_client, "_verdicts", {})
+    site = tmp_path / "site"
+    site.mkdir()
+    python, runs = _counting_python(tmp_path, site)
+    ok, reason = lava_client.verify(python)
+    assert not ok and ("not 3.10" in reason or "lava" in reason) and runs() == 1  # this test's Python has no lava-nc 0.10
+    assert lava_client.verify(python) == (ok, reason) and runs() == 1  # kept in this process
+    monkeypatch.setattr(lava_client, "_verdicts", {})  # a new process: the verdict comes from the cache file
+    assert lava_client.verify(python) == (ok, reason) and runs() == 1
+    (site / "lava").mkdir()  # a package appears on the interpreter's sys.path: verified again, then kept
+    lava_client.verify(python)
+    lava_client.verify(python)
+    assert runs() == 2
+    lava_client.verify(python, fresh=True)  # hal doctor always checks afresh
+    assert runs() == 3
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore::ResourceWarning")  # a PYTHON* variable changes how the interpreter starts
+    lava_client.verify(python)
+    assert runs() == 4
+    _counting_python(tmp_path, site, comment="  # rewritten")  # the interpreter file itself changed
+    lava_client.verify(python)
+    assert runs() == 5
+
+
+def test_probing_loihi2_reuses_the_kept_lava_verdict_and_doctor_checks_afresh(tmp_path, monkeypatch) -> None:
+    from hal.drivers.loihi2 import lava_client
+    from hal.drivers.loihi2.driver import Loihi2Device
+
+    monkeypatch.setenv(lava_client.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setattr(lava_client, "_verdicts", {})
+    site = tmp_path / "site"
+    site.mkdir()
+    python, runs = _counting_python(tmp_path, site)
+    monkeypatch.setattr(lava_client, "_candidates", lambda option: [(python, "a test interpreter")])
+    first = Loihi2Device.probe()[0].summary["lava"]
+    assert first.startswith("unavailable") and python in first and runs() == 1
+    assert Loihi2Device.probe()[0].summary["lava"] == first and runs() == 1  # no interpreter started
+    check = next(c for c in Loihi2Device.diagnose() if c.name.startswith("lava-nc"))
+    assert not check.ok and python in check.detail and runs() == 2
 
 
 def test_a_converted_model_is_placed_on_cores() -> None:

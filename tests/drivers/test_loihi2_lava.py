@@ -16,14 +16,19 @@ from hal.errors import DeviceFailure
 
 pytestmark = pytest.mark.lava
 
-LAVA = find_lava_python()
+
+@pytest.fixture(scope="module")
+def lava_python():
+    """The lava interpreter, looked up inside the test session (so its verdict is kept in the session's cache folder)."""
+    found = find_lava_python()
+    if not found.ok:
+        pytest.skip(f"lava-nc unavailable: {found.reason}")
+    return found
 
 
 @pytest.fixture(scope="module")
-def worker():
-    if not LAVA.ok:
-        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
-    w = LavaWorker(LAVA.path, timeout_s=120)
+def worker(lava_python):
+    w = LavaWorker(lava_python.path, timeout_s=120)
     yield w
     w.close()
 
@@ -87,9 +92,7 @@ def test_conv_networks_match_lava(worker) -> None:
     assert_bit_exact(worker, layers, (torch.rand(150, conv.n_in, generator=g) < 0.3).to(torch.int64))
 
 
-def test_lava_backend_gives_the_engine_result() -> None:
-    if not LAVA.ok:
-        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+def test_lava_backend_gives_the_engine_result(lava_python) -> None:
     spikes = (torch.rand(50, 2, 12, generator=torch.Generator().manual_seed(13)) < 0.4).to(torch.uint8)
     weight = torch.randint(-200, 200, (6, 12), generator=torch.Generator().manual_seed(14))
     op = OpSpec("lif_layer", [spikes], {"weight": weight}, {"vth": 80, "du": 1000, "dv": 100})
@@ -107,16 +110,12 @@ def test_a_dead_worker_is_reported_with_its_stderr_and_restarted(worker) -> None
     assert worker.restarts >= 1
 
 
-def test_hardware_backend_is_unavailable_without_lava_loihi() -> None:
-    if not LAVA.ok:
-        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+def test_hardware_backend_is_unavailable_without_lava_loihi(lava_python) -> None:
     with pytest.raises(hal.DeviceUnavailable, match="lava-loihi"):
         hal.device("loihi2:0?backend=hardware")
 
 
-def test_linear_through_lava_matches_the_engine() -> None:
-    if not LAVA.ok:
-        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+def test_linear_through_lava_matches_the_engine(lava_python) -> None:
     g = torch.Generator().manual_seed(15)
     x, w, b = torch.randn(2, 8, generator=g), torch.randn(4, 8, generator=g) / 3, torch.randn(4, generator=g) / 3
     lava = hal.device("loihi2:0?backend=lava&steps=64").linear(x, w, b, activation="relu")
@@ -124,9 +123,7 @@ def test_linear_through_lava_matches_the_engine() -> None:
     assert torch.equal(lava, engine)
 
 
-def test_a_converted_model_and_a_claimed_chain_through_lava_match_the_engine() -> None:
-    if not LAVA.ok:
-        pytest.skip(f"lava-nc unavailable: {LAVA.reason}")
+def test_a_converted_model_and_a_claimed_chain_through_lava_match_the_engine(lava_python) -> None:
     import hal.nn
     from hal.subgraph import Subgraph
 

@@ -5,7 +5,9 @@
     program = d.prepare_circuit(circuit, observables)      # expectation: rows of parameter values in, one job out
     values, std_errors = program(torch.tensor(parameter_rows))
 
-qiskit is imported only when a device is opened or probed, so ``import hal`` works without it.
+qiskit is never imported by ``import hal`` or by probing; a local device imports it when it first transpiles or runs a
+circuit (or describes a backend whose capability section is not cached yet, see ``section_cache``), a real processor
+when it is opened.
 """
 
 from hal.drivers.ibm_qpu.driver import IbmQpuDevice

@@ -5,8 +5,8 @@ Three families, one naming scheme (the index of ``ibm_qpu:<name>``):
 - ``aer``: the ideal (noiseless) Aer simulator.
 - ``fake_<device>``: the snapshots of real IBM processors that ship with qiskit-ibm-runtime (coupling map,
   basis gates, calibration with T1/T2 and errors), run locally on Aer with a noise model built from the
-  snapshot. Listing them reads the snapshot files only; the noise model is built on the first job and
-  kept by the backend object, which the device holds for its lifetime.
+  snapshot. Listing them reads the snapshot files only; the backend object is made on the first job (the
+  noise model with it) and kept by the device for its lifetime.
 - any other name: a real IBM Quantum processor of the configured account.
 """
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,20 @@ def _snapshots() -> dict[str, Path]:
     for conf in sorted(folder.glob("*/conf_*.json")):
         found[f"{FAKE_PREFIX}{conf.parent.name}"] = conf
     return found
+
+
+def snapshot_files(name: str) -> list[Path]:
+    """The JSON files of fake backend ``name``'s snapshot (configuration, calibration), sorted; [] if there is no such snapshot.
+
+    These are the files the fake backend object loads, so their bytes determine every figure read off it. Looks in
+    the one folder the name points at (``fake_manila`` -> ``manila/``), not through every snapshot.
+    """
+    folder_name = name[len(FAKE_PREFIX):] if name.startswith(FAKE_PREFIX) else ""
+    root = _snapshot_dir()
+    if root is None or not folder_name or Path(folder_name).name != folder_name or folder_name in (".", ".."):
+        return []
+    files = sorted((root / folder_name).glob("*.json"))
+    return files if any(f.name.startswith("conf_") for f in files) else []
 
 
 def fake_backend_names() -> list[str]:
@@ -92,3 +108,24 @@ def ideal_simulator() -> Any:
     from qiskit_aer import AerSimulator
 
     return AerSimulator(method="automatic")
+
+
+class LazyBackend:
+    """A backend object made on first ``get()`` and kept: shared by a device, its transpile cache and its executor.
+
+    Making a local backend imports qiskit-ibm-runtime or qiskit-aer (about 1 s), which describing a device does not
+    need. The transpile cache and the executor hold this object rather than the device, so no reference cycle runs
+    through the device.
+    """
+
+    def __init__(self, make: Callable[[], Any]):
+        self._make = make
+        self._backend: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        """The backend, made now if this is the first call (one thread makes it; the others wait for it)."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = self._make()
+            return self._backend

@@ -23,17 +23,19 @@ ops: a heuristic optimiser has no a-priori error bound to declare as a tolerance
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, TensorSpec
-from hal.drivers.ibm_qpu import backends
+from hal.drivers.ibm_qpu import backends, section_cache
 from hal.drivers.ibm_qpu.primitives import (
     IDEAL_BASIS,
     Circuit,
@@ -80,14 +82,37 @@ def _shots(text: str) -> int:
     return shots
 
 
-def _versions() -> dict[str, str]:
-    found = {}
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    found = []
     for name in QISKIT_PACKAGES:
         try:
-            found[name] = version(name)
+            found.append((name, version(name)))
         except PackageNotFoundError:
-            found[name] = "missing"
-    return found
+            found.append((name, "missing"))
+    return tuple(found)
+
+
+def _versions() -> dict[str, str]:
+    """Installed versions of the qiskit stack ("missing" when absent), read once per process (about 1 ms a package,
+    which 69 devices would pay several times each)."""
+    return dict(_installed_versions())
+
+
+def _no_such_fake_backend(uri: str, name: str) -> DeviceUnavailable:
+    import difflib
+
+    close = difflib.get_close_matches(name, backends.fake_backend_names(), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `hal devices --all` for the list"
+    return DeviceUnavailable(uri, f"qiskit-ibm-runtime ships no fake backend {name!r}", hint)
+
+
+def _open_fake_backend(uri: str, name: str) -> Any:
+    """The fake backend object of snapshot ``name`` (a snapshot folder without its backend class is unavailable)."""
+    try:
+        return backends.fake_backend(name)
+    except KeyError:
+        raise _no_such_fake_backend(uri, name) from None
 
 
 class IbmQpuDevice(Device):
@@ -113,28 +138,33 @@ class IbmQpuDevice(Device):
         self.ideal = self.name == backends.IDEAL_SIMULATOR
         self.local = self.ideal or self.name.startswith(backends.FAKE_PREFIX)
         self.connection: Connection | None = None
-        self.backend = self._open_backend()
+        self._snapshot: list[Path] = []  # a fake backend's snapshot files (its section's cache key)
+        if self.ideal:
+            self._backend = backends.LazyBackend(backends.ideal_simulator)
+        elif self.local:
+            self._snapshot = backends.snapshot_files(self.name)
+            if not self._snapshot:
+                raise _no_such_fake_backend(str(self.uri), self.name)
+            self._backend = backends.LazyBackend(functools.partial(_open_fake_backend, str(self.uri), self.name))
+        else:
+            remote = self._open_remote()
+            self._backend = backends.LazyBackend(lambda: remote)
         self.shots: int = self.options["shots"]
         if self.shots == 0 and not self.ideal:
             raise InvalidInput(f"{self.uri}: shots=0 (exact expectation values) exists only on the ideal simulator ibm_qpu:aer; give shots > 0")
         secrets = self.connection.secrets if self.connection else []
         self.runner = JobRunner(JobPolicy(timeout_s=self.options["timeout_s"]), secrets)
-        self.executor = Executor(self.backend, self.runner, local=self.local)
+        self.executor = Executor(self._backend.get, self.runner, local=self.local)
         self.executor.reseed(self.options["seed"])
-        self.transpiler = TranspileCache(self.backend, self.options["optimization_level"], self.options["seed"], IDEAL_BASIS if self.ideal else None)
+        self.transpiler = TranspileCache(self._backend.get, self.options["optimization_level"], self.options["seed"], IDEAL_BASIS if self.ideal else None)
 
-    def _open_backend(self) -> Any:
-        if self.ideal:
-            return backends.ideal_simulator()
-        if self.local:
-            try:
-                return backends.fake_backend(self.name)
-            except KeyError:
-                import difflib
+    @property
+    def backend(self) -> Any:
+        """The qiskit backend object. A real processor's is opened with the device; a local one's on first use (a
+        transpilation, a job, an estimate): describing the device does not need it (``section_cache``)."""
+        return self._backend.get()
 
-                close = difflib.get_close_matches(self.name, backends.fake_backend_names(), n=3)
-                hint = f"did you mean {', '.join(close)}?" if close else "run `hal devices --all` for the list"
-                raise DeviceUnavailable(str(self.uri), f"qiskit-ibm-runtime ships no fake backend {self.name!r}", hint) from None
+    def _open_remote(self) -> Any:
         credentials = find_credentials()
         if credentials is None:
             raise DeviceUnavailable(str(self.uri), "no IBM Quantum credentials are configured, so real processors cannot be reached", SETUP_FIX)
@@ -199,10 +229,24 @@ class IbmQpuDevice(Device):
         value = getattr(self.backend, "max_circuits", None)
         return int(value) if isinstance(value, int) else None
 
-    def _build_capabilities(self) -> Capabilities:
+    def _derive_section(self) -> section_cache.Derived:
+        """The quantum section read off the backend object (opening it), and the backend's version string."""
         from hal.drivers.ibm_qpu.target_facts import quantum_section
 
         section = quantum_section(self.backend, self.name, self._max_shots(), self._max_circuits(), noise_model=self.local and not self.ideal, ideal=self.ideal)
+        version_text = getattr(self.backend, "backend_version", None)
+        return section, str(version_text) if version_text else None
+
+    def _section(self) -> section_cache.Derived:
+        """The quantum section: a local backend's from the on-disk cache when its inputs are unchanged, else derived."""
+        if not self.local:
+            return self._derive_section()
+        versions = _versions()
+        key = section_cache.ideal_simulator_key(versions) if self.ideal else section_cache.fake_backend_key(self.name, self._snapshot, versions)
+        return section_cache.cached_section(self.name, key, self._derive_section)
+
+    def _build_capabilities(self) -> Capabilities:
+        section, version_text = self._section()
         width = int(section.num_qubits.value)
         limits = {"max_qubits": width}
         if section.max_shots:
@@ -216,7 +260,6 @@ class IbmQpuDevice(Device):
         }
         versions = _versions()
         identity = {"backend": self.name, "family": "ideal simulator" if self.ideal else ("fake backend" if self.local else "IBM Quantum"), **versions}
-        version_text = getattr(self.backend, "backend_version", None)
         if version_text:
             identity["backend_version"] = str(version_text)
         notes = [

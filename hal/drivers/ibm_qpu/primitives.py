@@ -7,6 +7,9 @@ it is hashable by structure (an OpSpec keys caches); ``observable_terms`` turns 
 hashable Pauli-term tuples. Column ``j`` of the parameter tensor binds ``circuit.parameters[j]`` (Qiskit
 sorts parameters by name, ParameterVector elements by index).
 
+Both the transpile cache and the executor are given a function that opens the backend rather than the backend, so
+that a device opens its backend (and imports qiskit-ibm-runtime) only when a circuit is first transpiled or run.
+
 The transpile cache maps a circuit's structure to its ISA circuit (the backend's native gates on its
 physical qubits): each distinct circuit is transpiled once with its parameters left symbolic, and every
 later call only binds values. One call of a Program is one primitive job however many rows it has.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,8 +133,8 @@ class TranspileCache:
     gates, so its circuits are lowered to ``IDEAL_BASIS``).
     """
 
-    def __init__(self, backend: Any, optimization_level: int, seed: int | None, basis_gates: Sequence[str] | None = None):
-        self.backend = backend
+    def __init__(self, open_backend: Callable[[], Any], optimization_level: int, seed: int | None, basis_gates: Sequence[str] | None = None):
+        self._open_backend = open_backend
         self.basis_gates = list(basis_gates) if basis_gates else None
         self.optimization_level = optimization_level
         self.seed = seed
@@ -139,6 +142,11 @@ class TranspileCache:
         self.misses = 0
         self._isa: dict[str, Any] = {}
         self._pass_manager: Any = None
+
+    @property
+    def backend(self) -> Any:
+        """The backend transpiled for, opened by the device on first use."""
+        return self._open_backend()
 
     def isa(self, circuit: Circuit, count: bool = True) -> Any:
         """The ISA circuit of ``circuit`` (transpiled once per structure).
@@ -211,13 +219,18 @@ class Executor:
     Simulator seeds: job ``k`` after ``reseed(s)`` uses seed ``s + k``, so seeded runs repeat exactly.
     """
 
-    def __init__(self, backend: Any, runner: JobRunner, local: bool):
-        self.backend = backend
+    def __init__(self, open_backend: Callable[[], Any], runner: JobRunner, local: bool):
+        self._open_backend = open_backend
         self.runner = runner
         self.local = local
         self.jobs = 0
         self.circuits = 0
         self._seeds: Iterator[int] | None = None
+
+    @property
+    def backend(self) -> Any:
+        """The backend jobs run on, opened by the device on first use."""
+        return self._open_backend()
 
     def reseed(self, seed: int | None) -> None:
         self._seeds = None if seed is None else itertools.count(seed)

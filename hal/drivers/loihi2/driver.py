@@ -202,6 +202,8 @@ class Loihi2Device(Device):
     # ---- discovery
     @classmethod
     def probe(cls) -> list[DeviceInfo]:
+        """``loihi2:0``, with whether ``?backend=lava`` can run: from a kept verification of the lava interpreter while
+        the interpreter and its packages are unchanged (``lava_client.verify``), so probing does not start Python 3.10."""
         lava = find_lava_python()
         return [
             DeviceInfo(
@@ -220,7 +222,8 @@ class Loihi2Device(Device):
 
     @classmethod
     def diagnose(cls) -> list[Check]:
-        lava = find_lava_python()
+        """lava-nc verified afresh (not from a kept verdict), then lava-loihi asked of a started worker."""
+        lava = find_lava_python(fresh=True)
         checks = [Check("lava-nc (Python 3.10 worker)", lava.ok, f"{lava.path} ({lava.found_by})" if lava.ok else lava.reason, "" if lava.ok else SETUP_HINT)]
         if lava.ok:
             worker = LavaWorker(lava.path, timeout_s=120)

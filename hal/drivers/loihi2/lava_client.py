@@ -8,6 +8,14 @@ killed and reported with the tail of its stderr (DeviceFailure).
 Interpreter discovery, first hit wins: the ``?python=`` device option, ``$HAL_LAVA_PYTHON``, the environment
 named by ``$HAL_LAVA_ENV``, a ``.venv-lava`` in the working directory or one of its parents or in the hal
 checkout, ``python3.10`` on PATH, then pyenv's ``versions/3.10*``. Every candidate is verified by running it.
+
+Verifying means starting the interpreter and importing lava (0.4-0.8 s), so its verdict is kept, per process and
+on disk (``lava_python.json`` under ``$HAL_CACHE_DIR``, else ``$XDG_CACHE_HOME/hal``, else ``~/.cache/hal``), with
+what it depended on: the interpreter file (resolved path, size, modification time), its venv's ``pyvenv.cfg``, the
+``PYTHON*`` environment variables the worker would see, and the modification time of every directory on the
+interpreter's ``sys.path`` and of lava's package directories, as the interpreter saw them before importing lava.
+Installing or removing a package changes its site-packages directory, so a kept verdict is reused only while it
+still holds; anything else is verified again. ``fresh=True`` (``hal doctor``) always verifies again.
 """
 
 from __future__ import annotations
@@ -72,32 +80,143 @@ def _candidates(option: str | None) -> list[tuple[str, str]]:
     return found
 
 
-_VERIFY = "import sys; assert sys.version_info[:2] == (3, 10), sys.version; import lava.magma.core.run_configs"
-_cache: dict[str | None, LavaPython] = {}
+#: Run by a candidate: report the directories on its sys.path (with their modification times, taken before the
+#: import), then whether it is Python 3.10 and imports lava, as one JSON line. The working directory is dropped from
+#: sys.path first: the worker runs as a script and does not see it.
+_VERIFY = """
+import json, os, sys
+sys.path = [p for p in sys.path if p]
+report = {"dirs": {p: os.stat(p).st_mtime_ns for p in sys.path if os.path.isdir(p)}, "ok": False}
+try:
+    assert sys.version_info[:2] == (3, 10), "Python " + sys.version.split()[0] + ", not 3.10"
+    import lava
+    import lava.magma.core.run_configs
+    report["dirs"].update({p: os.stat(p).st_mtime_ns for p in lava.__path__})
+    report["ok"] = True
+except Exception as exc:
+    report["error"] = type(exc).__name__ + ": " + str(exc)
+print(json.dumps(report))
+"""
+CACHE_DIR_VARIABLE = "HAL_CACHE_DIR"
+CACHE_FILE = "lava_python.json"
+
+#: Verdicts of this process: interpreter path -> {"fingerprint", "dirs", "ok", "reason"} (the disk file's entries).
+_verdicts: dict[str, dict] = {}
+_verdicts_lock = threading.Lock()
 
 
-def find_lava_python(option: str | None = None) -> LavaPython:
-    """The first candidate interpreter that is Python 3.10 and imports lava (cached per option)."""
-    if option in _cache:
-        return _cache[option]
-    tried: list[str] = []
-    result = None
-    for path, how in _candidates(option):
+def worker_environment() -> dict[str, str]:
+    """The environment a lava worker (and a verification) runs in: hal's, without PYTHONPATH (it needs nothing of hal's)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def cache_file() -> Path:
+    """The file of kept verdicts (``$HAL_CACHE_DIR``, then ``$XDG_CACHE_HOME/hal``, then ``~/.cache/hal``)."""
+    override = os.environ.get(CACHE_DIR_VARIABLE)
+    base = Path(override) if override else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hal"
+    return base / CACHE_FILE
+
+
+def _interpreter_fingerprint(path: str) -> list | None:
+    """What a verdict on ``path`` depends on besides its sys.path directories; None if the interpreter is not there."""
+    try:
+        real = os.path.realpath(path)
+        stat = os.stat(real)
+    except OSError:
+        return None
+    venv_cfg = Path(path).parent.parent / "pyvenv.cfg"
+    try:
+        cfg_mtime_ns = venv_cfg.stat().st_mtime_ns
+    except OSError:
+        cfg_mtime_ns = None
+    env = sorted([k, v] for k, v in worker_environment().items() if k.startswith("PYTHON"))
+    return [real, stat.st_size, stat.st_mtime_ns, cfg_mtime_ns, env]
+
+
+def _still_holds(verdict: object, path: str) -> bool:
+    """Whether a kept verdict on ``path`` was made on the same interpreter, environment and directories as now."""
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("dirs"), dict) or not isinstance(verdict.get("ok"), bool):
+        return False
+    if verdict.get("fingerprint") != _interpreter_fingerprint(path):
+        return False
+    for directory, mtime_ns in verdict["dirs"].items():
         try:
-            proc = subprocess.run([path, "-c", _VERIFY], capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            tried.append(f"{path} ({how}): {type(exc).__name__}")
-            continue
-        if proc.returncode == 0:
-            result = LavaPython(path, how)
-            break
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        tried.append(f"{path} ({how}): {last}")
-    if result is None:
-        detail = "; ".join(tried) if tried else "no python3.10 interpreter was found"
-        result = LavaPython(None, "", f"no Python 3.10 with lava-nc: {detail}")
-    _cache[option] = result
-    return result
+            if os.stat(directory).st_mtime_ns != mtime_ns:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _read_verdicts() -> dict[str, dict]:
+    try:
+        entries = json.loads(cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _keep(path: str, verdict: dict) -> None:
+    """Keep a verdict in this process and in the cache file (temporary file + rename; skipped if unwritable)."""
+    _verdicts[path] = verdict
+    target = cache_file()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        entries = _read_verdicts()
+        entries[path] = verdict
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".lava_python.", suffix=".json")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(entries, out, indent=1, sort_keys=True)
+        os.replace(temporary, target)
+    except OSError:
+        return
+
+
+def _run_verification(path: str) -> tuple[bool, str]:
+    """Start ``path`` and ask it to import lava: (ok, why not); a verdict it reports is kept for as long as it holds."""
+    fingerprint = _interpreter_fingerprint(path)
+    try:
+        proc = subprocess.run([path, "-c", _VERIFY], capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S, check=False, env=worker_environment())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, type(exc).__name__
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        dirs, ok = report["dirs"], report["ok"]
+    except (IndexError, ValueError, KeyError, TypeError):  # not a Python that ran the check (a failing shim): nothing to keep
+        return False, (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    reason = "" if ok else str(report.get("error", "lava did not import"))
+    if fingerprint is not None:
+        _keep(path, {"fingerprint": fingerprint, "dirs": dirs, "ok": bool(ok), "reason": reason})
+    return bool(ok), reason
+
+
+def verify(path: str, fresh: bool = False) -> tuple[bool, str]:
+    """Whether interpreter ``path`` is Python 3.10 and imports lava, and if not why: a kept verdict while it still
+    holds (see the module docstring), else (or with ``fresh``) by running it."""
+    with _verdicts_lock:
+        if not fresh:
+            for verdict in (_verdicts.get(path), _read_verdicts().get(path)):
+                if _still_holds(verdict, path):
+                    _verdicts[path] = verdict
+                    return verdict["ok"], verdict["reason"]
+        return _run_verification(path)
+
+
+def find_lava_python(option: str | None = None, fresh: bool = False) -> LavaPython:
+    """The first candidate interpreter that is Python 3.10 and imports lava, each checked by ``verify``.
+
+    ``fresh=True`` runs every candidate tried instead of trusting kept verdicts (for ``hal doctor``).
+    """
+    tried: list[str] = []
+    for path, how in _candidates(option):
+        ok, reason = verify(path, fresh)
+        if ok:
+            return LavaPython(path, how)
+        tried.append(f"{path} ({how}): {reason}")
+    detail = "; ".join(tried) if tried else "no python3.10 interpreter was found"
+    return LavaPython(None, "", f"no Python 3.10 with lava-nc: {detail}")
 
 
 def _pack(header: dict, arrays: dict[str, np.ndarray] | None) -> bytes:
@@ -123,10 +242,8 @@ class LavaWorker:
         if self._proc is not None:
             self.restarts += 1
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; closed in close()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("PYTHONPATH", None)  # the worker needs nothing of hal's environment
         self._proc = subprocess.Popen(
-            [self.python, str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env
+            [self.python, str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=worker_environment()
         )
 
     def stderr_tail(self, chars: int = 2000) -> str:
