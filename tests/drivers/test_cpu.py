@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import hal
+from hal import cache as hal_cache
 from hal.drivers.cpu import CpuDevice, host
 from hal.errors import InvalidInput, UnknownDevice
 from hal.testing.conformance import DeviceConformance
@@ -79,7 +80,7 @@ def test_unknown_kind_suggests_close_match():
 @pytest.fixture
 def rate_cache(tmp_path, monkeypatch):
     """An empty cache directory and no figure remembered by this process; counts the measurements taken."""
-    monkeypatch.setenv(host.CACHE_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.setenv(hal_cache.CACHE_DIR_VARIABLE, str(tmp_path))
     monkeypatch.setattr(host, "_memo", {})
     calls = []
     time_calls = host._time_calls

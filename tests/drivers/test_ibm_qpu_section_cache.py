@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from hal import cache as hal_cache
 from hal.capability import Figure, to_jsonable
 from hal.drivers.ibm_qpu import IbmQpuDevice, backends, section_cache, target_facts
 from hal.drivers.ibm_qpu.driver import _versions
@@ -17,7 +18,7 @@ pytest.importorskip("qiskit_ibm_runtime")
 
 @pytest.fixture
 def cache_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv(section_cache.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setenv(hal_cache.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
     return tmp_path / "cache" / section_cache.CACHE_SUBDIR
 
 

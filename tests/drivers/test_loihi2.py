@@ -12,6 +12,7 @@ from torch import nn
 
 import hal
 import hal.nn
+from hal import cache as hal_cache
 from hal.device import OpSpec
 from hal.drivers.loihi2.engine import ConvSynapse, DenseSynapse, LifLayer, LifNetwork, LifParams
 from hal.drivers.loihi2.mapper import LayerShape, Loihi2Spec, map_layers
@@ -327,7 +328,7 @@ def _counting_python(tmp_path, site, comment: str = "") -> tuple[str, object]:
 def test_a_lava_verdict_is_kept_until_the_interpreter_or_its_packages_change(tmp_path, monkeypatch) -> None:
     from hal.drivers.loihi2 import lava_client
 
-    monkeypatch.setenv(lava_client.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setenv(hal_cache.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
     monkeypatch.setattr(lava_client, "_verdicts", {})
     site = tmp_path / "site"
     site.mkdir()
@@ -355,7 +356,7 @@ def test_probing_loihi2_reuses_the_kept_lava_verdict_and_doctor_checks_afresh(tm
     from hal.drivers.loihi2 import lava_client
     from hal.drivers.loihi2.driver import Loihi2Device
 
-    monkeypatch.setenv(lava_client.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setenv(hal_cache.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))
     monkeypatch.setattr(lava_client, "_verdicts", {})
     site = tmp_path / "site"
     site.mkdir()

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from hal.cache import cache_dir
 from hal.capability import Figure
 
-CACHE_DIR_VARIABLE = "HAL_CACHE_DIR"
 CACHE_FILE = "host_rates.json"
 #: Timed calls per rate (after one untimed warm-up); the figure is their median, with min and max in its note.
 REPEATS = 7
@@ -60,11 +60,7 @@ def memory_total() -> Figure | None:
 
 def cache_file() -> Path:
     """The JSON file holding this user's measured host rates."""
-    override = os.environ.get(CACHE_DIR_VARIABLE)
-    if override:
-        return Path(override) / CACHE_FILE
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hal" / CACHE_FILE
+    return cache_dir() / CACHE_FILE
 
 
 def _cache_key(measurement: str) -> str:

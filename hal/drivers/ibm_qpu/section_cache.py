@@ -31,11 +31,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from hal.cache import cache_dir as hal_cache_dir
 from hal.capability import Figure, to_jsonable
 from hal.capability.quantum import Connectivity, QuantumSection, Spread
 from hal.drivers.ibm_qpu import backends
 
-CACHE_DIR_VARIABLE = "HAL_CACHE_DIR"
 CACHE_SUBDIR = "ibm_qpu"
 #: Modules whose source determines a cached section: the derivation, the section's data classes, this file's storage.
 DERIVATION_MODULES = ("hal.drivers.ibm_qpu.target_facts", "hal.capability.quantum", "hal.capability.figures", __name__)
@@ -58,9 +58,7 @@ Derived = tuple[QuantumSection, str | None]
 
 def cache_dir() -> Path:
     """The folder of cached sections (``$HAL_CACHE_DIR``, then ``$XDG_CACHE_HOME/hal``, then ``~/.cache/hal``)."""
-    override = os.environ.get(CACHE_DIR_VARIABLE)
-    base = Path(override) if override else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hal"
-    return base / CACHE_SUBDIR
+    return hal_cache_dir() / CACHE_SUBDIR
 
 
 @cache

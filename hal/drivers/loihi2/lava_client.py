@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hal.cache import cache_dir
 from hal.errors import DeviceFailure
 
 WORKER_SCRIPT = Path(__file__).with_name("lava_worker.py")
@@ -97,7 +98,6 @@ except Exception as exc:
     report["error"] = type(exc).__name__ + ": " + str(exc)
 print(json.dumps(report))
 """
-CACHE_DIR_VARIABLE = "HAL_CACHE_DIR"
 CACHE_FILE = "lava_python.json"
 
 #: Verdicts of this process: interpreter path -> {"fingerprint", "dirs", "ok", "reason"} (the disk file's entries).
@@ -114,9 +114,7 @@ def worker_environment() -> dict[str, str]:
 
 def cache_file() -> Path:
     """The file of kept verdicts (``$HAL_CACHE_DIR``, then ``$XDG_CACHE_HOME/hal``, then ``~/.cache/hal``)."""
-    override = os.environ.get(CACHE_DIR_VARIABLE)
-    base = Path(override) if override else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hal"
-    return base / CACHE_FILE
+    return cache_dir() / CACHE_FILE
 
 
 def _interpreter_fingerprint(path: str) -> list | None:
