@@ -52,6 +52,10 @@ class Capabilities:
     identity: dict[str, str]
     ops: dict[str, OpSupport]
     deterministic: bool = True
+    #: True when every estimate of this device (``estimate``, ``estimate_subgraph``) already includes the conversion of
+    #: tensors into and out of its paradigm at its edge (Loihi 2's rate encode and decode as host memory traffic); the
+    #: planner then charges a crossing into or out of it the link only, so the conversion is counted once.
+    estimates_include_edge_conversion: bool = False
     memory_bytes: Figure | None = None
     peak: dict[str, Figure] = field(default_factory=dict)
     energy: dict[str, Figure] = field(default_factory=dict)

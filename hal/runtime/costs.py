@@ -81,11 +81,6 @@ class HostModel:
         return Cost(latency, energy, error, "host roofline: max(flops / host flop rate, bytes / host bandwidth); energy flops * J/flop + bytes * J/B; error sqrt(K) * unit roundoff")
 
 
-#: The capability flag a driver sets when every estimate of its device already includes the conversion of tensors
-#: into and out of its paradigm at its edge (read with getattr: devices that do not declare it convert here).
-CONVERSION_FLAG = "estimates_include_edge_conversion"
-
-
 @dataclass(frozen=True)
 class Edge:
     """Per-byte cost of leaving (``egress``) and entering (``ingress``) one location: (seconds, joules) per byte.
@@ -105,7 +100,7 @@ class Edge:
 
 def converts_in_estimates(device: Device) -> bool:
     """True when ``device`` declares that its estimates already price its paradigm conversion at the edge."""
-    return bool(getattr(device.capabilities, CONVERSION_FLAG, False))
+    return device.capabilities.estimates_include_edge_conversion
 
 
 def link_figure(device: Device) -> Figure | None:

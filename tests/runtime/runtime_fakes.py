@@ -19,7 +19,6 @@ from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.device import Cost, Device, DeviceInfo, OpSpec, Program, Support
 from hal.errors import DeviceFailure
 from hal.kernels.torch_ops import TORCH_OPS
-from hal.runtime.costs import CONVERSION_FLAG
 from hal.subgraph import Subgraph, run_wired
 
 
@@ -41,7 +40,7 @@ class FakeDevice(Device):
     claim_ops: tuple[str, ...] = ()
     #: Its subgraph estimate is this factor times the sum of the ops' estimates.
     claim_factor = 0.5
-    #: Declares that its estimates include its paradigm conversion at the edge (``costs.CONVERSION_FLAG``).
+    #: Declares that its estimates include its paradigm conversion at the edge (``Capabilities.estimates_include_edge_conversion``).
     converts_in_estimates = False
 
     def __init__(self, uri):
@@ -61,7 +60,7 @@ class FakeDevice(Device):
             uri=str(self.uri), kind=self.kind, paradigm=self.paradigm, simulated=self.simulated, identity={},
             ops={name: OpSupport(("float32",), {"float32": 1e-3}) for name in self.ops}, memory_bytes=memory,
         )
-        setattr(caps, CONVERSION_FLAG, self.converts_in_estimates)  # set on the instance: works with or without the declared field
+        caps.estimates_include_edge_conversion = self.converts_in_estimates
         return caps
 
     def estimate(self, op: OpSpec) -> Cost:

@@ -7,9 +7,9 @@ import torch
 from runtime_fakes import fake
 from torch import nn
 
-from hal.capability import Capabilities, Paradigm
+from hal.capability import Paradigm
 from hal.runtime import plan
-from hal.runtime.costs import CONVERSION_FLAG, HostModel, edge_rates
+from hal.runtime.costs import HostModel, edge_rates
 
 
 def relu_layer() -> nn.Module:
@@ -44,10 +44,6 @@ def test_a_node_on_a_device_that_prices_its_conversion_is_counted_once():
     assert q.totals().energy_j > plain.estimate(q.graph.nodes[0].op).energy_j * (1 + 1e-6)
 
 
-@pytest.mark.xfail(
-    CONVERSION_FLAG not in Capabilities.__dataclass_fields__, strict=True,
-    reason=f"needs the Capabilities.{CONVERSION_FLAG} field (hal/capability/model.py) and the Loihi 2 driver setting it",
-)
 def test_a_loihi_linear_is_charged_its_edge_once():
     """Loihi 2's linear estimate includes its rate encode and decode (the driver's EdgeCosts): the plan adds none."""
     x = torch.randn(4, 16)

@@ -306,6 +306,7 @@ class Loihi2Device(Device):
                 ),
             },
             deterministic=True,
+            estimates_include_edge_conversion=True,  # linear prices its host-side encode and decode (edge cost)
             memory_bytes=Figure.derived(
                 chips * spec.neuro_cores_per_chip * spec.synaptic_memory_per_core_bytes, "B",
                 f"chips * neuro_cores_per_chip * synaptic_memory_bytes = {chips} * {spec.neuro_cores_per_chip} * {spec.synaptic_memory_per_core_bytes}",
