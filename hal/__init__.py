@@ -115,6 +115,8 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module("hal.device"), name)
     if name == "runtime":
         return importlib.import_module("hal.runtime")
+    if name == "explain":
+        return importlib.import_module("hal.runtime.dynamo").explain
     raise AttributeError(f"module 'hal' has no attribute {name!r}")
 
 

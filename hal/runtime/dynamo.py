@@ -663,3 +663,42 @@ class PlacedGraph:
 def _prefixes(path: str) -> list[str]:
     parts = path.split(".")
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+# --------------------------------------------------------------------------- explain
+
+
+@dataclass
+class Explanation:
+    """What ``torch.compile(model, backend="hal", options=...)`` makes of a model: one ``Compiled`` per Dynamo graph."""
+
+    graphs: list[Compiled]
+
+    def __str__(self) -> str:
+        parts = [f"{len(self.graphs)} graph(s) captured (a graph break starts a new one)"]
+        for i, c in enumerate(self.graphs):
+            head = f"graph {i} [{c.compile_id}] on {', '.join(c.devices)}: {c.route} ({c.reason})"
+            parts.append(head if c.placed is None else f"{head}\n{c.placed.describe()}")
+        return "\n\n".join(parts)
+
+
+def explain(model: torch.nn.Module, *inputs: Any, options: Mapping[str, Any] | None = None) -> Explanation:
+    """Compile ``model`` as ``backend="hal"`` with ``options`` would, run it once on ``inputs`` (no gradients), and
+    return every captured graph with its route and, where hal placed it, its plans: stages, devices, costs,
+    conversions and claims. A compiled model (``torch.compile``'s wrapper) is explained through its original module.
+
+    It compiles a copy of the work of its own: the caller's compiled model and Dynamo's caches are left alone.
+    """
+    target = getattr(model, "_orig_mod", model)
+    if not isinstance(target, torch.nn.Module) and not callable(target):
+        raise InvalidInput(f"hal.explain takes a torch.nn.Module or a callable, got {type(model).__name__}")
+    graphs: list[Compiled] = []
+
+    def recording(gm: fx.GraphModule, example_inputs: Sequence[Any], **kwargs: Any) -> Callable[..., Any]:
+        result = compile_graph(gm, example_inputs, options=options)
+        graphs.append(result)
+        return result.fn
+
+    with torch.no_grad():
+        torch.compile(target, backend=recording)(*inputs)
+    return Explanation(graphs)

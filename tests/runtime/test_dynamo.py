@@ -373,3 +373,15 @@ def test_dynamo_forms_of_conv2d_and_softmax_become_device_ops():
         torch.testing.assert_close(compiled(x), model(x))
     plan = next(iter(backend.compiled[0].placed.plans.values())).plan
     assert [n.op.name for n in plan.graph.nodes if n.op is not None] == ["conv2d", "softmax"]
+
+
+def test_explain_shows_every_graph_and_the_plans_of_placed_ones():
+    model = seeded(Branchy)
+    x = torch.randn(4, 8)
+    explanation = hal.explain(torch.compile(model, backend="hal"), x, options=PLACE)
+    assert len(explanation.graphs) == 2  # the code before the data-dependent branch, then the branch taken
+    assert all(c.route == "placed" for c in explanation.graphs)
+    text = str(explanation)
+    assert "2 graph(s) captured" in text and "cpu:0" in text and "linear+relu" in text
+    delegated = hal.explain(model, x, options={"devices": ["cpu:0"], "delegate": "eager"})
+    assert [c.route for c in delegated.graphs] == ["delegate", "delegate"]
