@@ -185,7 +185,8 @@ def _route(options: Options, devices: list[Device], example_inputs: Sequence[Any
     for d in devices:
         if not trains(d):
             caps = d.capabilities
-            return f"{d} is a {Paradigm(caps.paradigm).value}{' simulated' if caps.simulated else ''} device"
+            what = f"{'simulated ' if caps.simulated else ''}{Paradigm(caps.paradigm).value} device"
+            return f"{d} is {'an' if what[0] in 'aeiou' else 'a'} {what}"
     homes = {d.torch_device for d in devices}
     for t in example_inputs:
         if isinstance(t, torch.Tensor) and t.device not in homes:

@@ -52,3 +52,11 @@ def test_available_devices_skips_board_transports_and_unavailable_devices_and_no
     devices, notes = available_devices()
     assert [str(d) for d in devices] == ["cpu:0"]
     assert len(notes) == 1 and notes[0].startswith("nosuch:0 was probed available but did not open")
+
+
+def test_compile_and_convert_takes_a_stock_model_to_the_crossbar_both_ways(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    results = load("compile_and_convert").main()
+    assert results["torch.compile(backend='hal')"] == results["float"]  # delegated to Inductor: the same arithmetic
+    assert results["torch.compile, cpu + memristor"] > 0.9 and results["hal.nn.convert, memristor"] > 0.9
+    assert "one (claimed)" in capsys.readouterr().out  # the crossbar ran its three layers as one Program
