@@ -553,9 +553,20 @@ class Device(ABC):
         if len(params) != len(sub.ops):
             raise InvalidInput(f"prepare_subgraph: {len(sub.ops)} ops need {len(sub.ops)} parameter mappings, got {len(params)}")
         bound = []
-        for op, given in zip(sub.ops, params):
+        for j, (op, given) in enumerate(zip(sub.ops, params)):
             given = {k: v for k, v in (given or {}).items() if v is not None}
+            for name, spec in op.params:
+                tensor = given.get(name)
+                if tensor is None:
+                    raise InvalidInput(f"subgraph op {j} ({op.name}) declares a {name!r} of shape {spec.shape} but none was given; pass params[{j}][{name!r}]")
+                if tuple(tensor.shape) != tuple(spec.shape):
+                    raise ShapeError(f"subgraph op {j} ({op.name}): {name!r} has shape {tuple(tensor.shape)} where its OpSpec says {spec.shape}")
+            extra = sorted(set(given) - {name for name, _ in op.params})
+            if extra:
+                raise InvalidInput(f"subgraph op {j} ({op.name}) got parameter(s) {extra} its OpSpec does not declare; describe them in the OpSpec's params")
             for name, tensor in given.items():
+                if not isinstance(tensor, torch.Tensor):
+                    raise InvalidInput(f"subgraph op {j} ({op.name}) parameter {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
                 self.check_tensor_device(tensor, f"{op.name} parameter {name!r}")
             vocabulary.check(op)
             support = self.supports(op)

@@ -5,7 +5,7 @@ import torch
 
 from hal.device import OpSpec, Program, Support
 from hal.drivers.cpu import CpuDevice
-from hal.errors import ShapeError, UnsupportedOp
+from hal.errors import InvalidInput, ShapeError, UnsupportedOp
 from hal.subgraph import Subgraph, run_wired
 
 
@@ -78,3 +78,14 @@ def test_claimed_chain_is_one_program_equal_to_the_ops_one_by_one():
     assert program.cost.latency_s > 0
     with pytest.raises(UnsupportedOp, match="only chains of linear"):
         d.prepare_subgraph(Subgraph.chain([OpSpec("relu", [x])]), [{}])
+
+
+def test_bound_parameters_must_match_each_ops_declared_params():
+    d = _ClaimingCpu("cpu:0")
+    sub = Subgraph.chain([_linear(16, 8), _linear(8, 2)])
+    with pytest.raises(ShapeError, match="where its OpSpec says"):
+        d.prepare_subgraph(sub, [{"weight": torch.randn(8, 15)}, {"weight": torch.randn(2, 8)}])
+    with pytest.raises(InvalidInput, match="declares a 'weight'"):
+        d.prepare_subgraph(sub, [{}, {"weight": torch.randn(2, 8)}])
+    with pytest.raises(InvalidInput, match="does not declare"):
+        d.prepare_subgraph(sub, [{"weight": torch.randn(8, 16), "bias": torch.randn(8)}, {"weight": torch.randn(2, 8)}])

@@ -15,7 +15,7 @@ import hal.runtime
 from hal.device import OpSpec
 from hal.drivers.memristor import MemristorProgram
 from hal.drivers.memristor.tile import Crossbar
-from hal.errors import InvalidInput, UnsupportedOp
+from hal.errors import InvalidInput, ShapeError, UnsupportedOp
 from hal.subgraph import Subgraph
 
 SIZES = (96, 64, 48, 10)
@@ -174,7 +174,7 @@ def test_parameters_that_do_not_fit_the_opspecs_are_refused():
     device = fresh("memristor:0?seed=0")
     weights, biases, _ = _network(0)
     sub, params = _chain(weights, biases)
-    with pytest.raises(InvalidInput, match="'weight' has shape \\(32, 96\\) where its OpSpec says \\(64, 96\\)"):
+    with pytest.raises(ShapeError, match="'weight' has shape \\(32, 96\\) where its OpSpec says \\(64, 96\\)"):
         device.prepare_subgraph(sub, [{"weight": torch.randn(32, 96), "bias": biases[0]}, *params[1:]])
     with pytest.raises(InvalidInput, match="declares a 'bias'"):
         device.prepare_subgraph(sub, [{"weight": weights[0]}, *params[1:]])

@@ -13,7 +13,7 @@ import hal.runtime
 from hal.device import OpSpec
 from hal.drivers.photonic import PhotonicProgram
 from hal.drivers.photonic.readout import Receiver
-from hal.errors import InvalidInput, UnsupportedOp
+from hal.errors import ShapeError, UnsupportedOp
 from hal.subgraph import Subgraph
 
 BATCH = 256
@@ -148,7 +148,7 @@ def test_chains_where_no_boundary_stays_optical_are_refused_with_the_reason():
 def test_parameters_that_do_not_fit_the_opspecs_are_refused():
     device = hal.device("photonic:0?N=16&seed=0")
     sub, params, _ = _network(0, (16, 16, 12), ("none", "none"))
-    with pytest.raises(InvalidInput, match="'weight' has shape \\(8, 16\\) where its OpSpec says \\(16, 16\\)"):
+    with pytest.raises(ShapeError, match="'weight' has shape \\(8, 16\\) where its OpSpec says \\(16, 16\\)"):
         device.prepare_subgraph(sub, [{"weight": torch.randn(8, 16, dtype=torch.float64), "bias": params[0]["bias"]}, params[1]])
 
 

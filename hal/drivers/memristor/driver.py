@@ -293,16 +293,6 @@ class MemristorDevice(Device):
         return self.costs.chain(sub.ops, chain_grids(self, sub))
 
     def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
-        for j, (op, given) in enumerate(zip(sub.ops, params)):
-            for name, spec in op.params:
-                tensor = given.get(name)
-                if tensor is None:
-                    raise InvalidInput(f"chain op {j} (linear) declares a {name!r} of shape {spec.shape} but none was given; pass params[{j}][{name!r}]")
-                if tuple(tensor.shape) != tuple(spec.shape):
-                    raise InvalidInput(f"chain op {j} (linear): {name!r} has shape {tuple(tensor.shape)} where its OpSpec says {spec.shape}")
-            extra = sorted(set(given) - {name for name, _ in op.params})
-            if extra:
-                raise InvalidInput(f"chain op {j} (linear) got parameter(s) {extra} its OpSpec does not declare; describe them in the OpSpec's params")
         return self.compiler.compile_chain(sub, params)
 
     @property

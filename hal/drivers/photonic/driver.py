@@ -435,7 +435,6 @@ class PhotonicDevice(Device):
         return ComposedTile(stages, weights, self.config, dtype)
 
     def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
-        _check_chain_params(sub, params)
         dtype = sub.ops[0].inputs[0].dtype
         weights = [p["weight"].detach().to("cpu", torch.float64).numpy() for p in params]
         biases = [p["bias"].detach().to("cpu", torch.float64).numpy() if p.get("bias") is not None else None for p in params]
@@ -496,16 +495,3 @@ def _batch(op: OpSpec) -> int:
     shape = op.inputs[0].shape[:-1] if op.inputs else ()
     return math.prod(1 if s is None else s for s in shape) if shape else 1
 
-
-def _check_chain_params(sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> None:
-    """InvalidInput where a chain op's bound parameters do not match its OpSpec (names and shapes)."""
-    for j, (op, given) in enumerate(zip(sub.ops, params)):
-        for name, spec in op.params:
-            tensor = given.get(name)
-            if tensor is None:
-                raise InvalidInput(f"chain op {j} (linear) declares a {name!r} of shape {spec.shape} but none was given; pass params[{j}][{name!r}]")
-            if tuple(tensor.shape) != tuple(spec.shape):
-                raise InvalidInput(f"chain op {j} (linear): {name!r} has shape {tuple(tensor.shape)} where its OpSpec says {spec.shape}")
-        extra = sorted(set(given) - {name for name, _ in op.params})
-        if extra:
-            raise InvalidInput(f"chain op {j} (linear) got parameter(s) {extra} its OpSpec does not declare; describe them in the OpSpec's params")
