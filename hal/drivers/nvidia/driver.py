@@ -90,7 +90,7 @@ def declared_ops(precision: str, attention_choice: str) -> dict[str, OpSupport]:
         "linear": f"matmul_precision={precision}; weights converted once at prepare",
         "conv2d": "cuDNN; matmul_precision applies (fp8 runs as bf16)",
         "attention": "hal.kernels.attention (Triton; Gluon on Hopper) for bf16/fp16 where supported, torch SDPA otherwise" if attention_choice == "hal" else "torch scaled_dot_product_attention",
-        "selective_scan": "torch reference scan (sequential over length)",
+        "selective_scan": "hal.kernels.ssm (the fused chunked Triton scan on the GPU; docs/ssm.md)",
     }
     return {name: OpSupport(DTYPES, _tolerances(name, precision), notes=notes.get(name, "")) for name in vocabulary.VOCABULARY}
 
