@@ -28,12 +28,12 @@ def counting_batch(batch: int, length: int, generator: torch.Generator) -> torch
     return (start + torch.arange(length)) % VOCAB
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ssm", choices=("mamba", "mamba2"), default="mamba")
     ap.add_argument("--steps", type=int, default=60, help="training steps on the toy language")
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     device = torch.device(args.device)

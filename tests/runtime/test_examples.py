@@ -60,3 +60,10 @@ def test_compile_and_convert_takes_a_stock_model_to_the_crossbar_both_ways(monke
     assert results["torch.compile(backend='hal')"] == results["float"]  # delegated to Inductor: the same arithmetic
     assert results["torch.compile, cpu + memristor"] > 0.9 and results["hal.nn.convert, memristor"] > 0.9
     assert "one (claimed)" in capsys.readouterr().out  # the crossbar ran its three layers as one Program
+
+
+def test_mamba_generate_decodes_as_the_full_forward(capsys):
+    load("mamba_generate").main([])
+    out = capsys.readouterr().out
+    difference = float(out.split("max |logit difference| = ")[1].split()[0])
+    assert difference < 1e-4 and "generated:" in out
