@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hal.device import OpSpec, TensorSpec
+from hal.device import Device, OpSpec, TensorSpec
 from hal.errors import ShapeError
 
 
@@ -90,3 +90,38 @@ def run_wired(sub: Subgraph, steps: Sequence[Callable[..., torch.Tensor]], input
         values.append(step(*[inputs[-s - 1] if s < 0 else values[s] for s in srcs]))
     out = tuple(values[o] for o in sub.outputs)
     return out[0] if len(out) == 1 else out
+
+
+#: Why a separate relu op breaks a claimable chain: the runtime's capture fuses it into the linear before it.
+RELU_NOT_FUSED = "a relu between two layers is claimed fused into the linear before it (linear(activation='relu'), as the runtime's capture writes it)"
+
+
+def linear_chain_problem(device: Device, sub: Subgraph) -> str | None:
+    """Why ``sub`` is not a chain of linear ops that ``device`` runs and that link up, or None when it is.
+
+    The checks every device that claims linear chains needs (crossbars, meshes): chain wiring, each op a
+    ``linear`` with a weight spec that ``device.supports``, one input dtype, each op reading what the one
+    before it gives. The device adds its own (capacity, loss).
+    """
+    if not sub.is_chain:
+        return f"{device.uri} claims chains only (each op reading the previous op's output, the last one's result leaving); {sub} is wired otherwise"
+    for j, op in enumerate(sub.ops):
+        if op.name != "linear":
+            return f"op {j} is {op.name}: {RELU_NOT_FUSED if op.name == 'relu' else 'it claims chains of linear ops only'}"
+        if op.param("weight") is None:
+            return f"op {j} (linear) carries no weight spec; describe its weight in the OpSpec's params"
+        support = device.supports(op)
+        if not support:
+            return f"op {j} (linear) does not run on {device.uri}: {support.reason}"
+    dtypes = {op.inputs[0].dtype for op in sub.ops}
+    if len(dtypes) > 1:
+        return f"the chain mixes input dtypes {sorted(str(d) for d in dtypes)}; a chain passes one dtype through, cast the layers alike"
+    for j in range(1, len(sub.ops)):
+        before, after = sub.ops[j - 1], sub.ops[j]
+        reads, lead_before = after.inputs[0].shape, before.inputs[0].shape[:-1]
+        gives = (*lead_before, before.param("weight").shape[0])
+        if reads[-1] not in (None, gives[-1]) or len(lead_before) != len(reads[:-1]) or any(
+            a is not None and b is not None and a != b for a, b in zip(lead_before, reads[:-1])
+        ):
+            return f"op {j} (linear) reads {reads} but op {j - 1} gives {gives}"
+    return None

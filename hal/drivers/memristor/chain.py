@@ -21,16 +21,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hal.device import OpSpec
 from hal.drivers.memristor.compiler import weight_grid
 from hal.drivers.memristor.tile import TileGrid
-from hal.subgraph import Subgraph
+from hal.subgraph import Subgraph, linear_chain_problem
 
 if TYPE_CHECKING:
     from hal.drivers.memristor.driver import MemristorDevice
-
-NOT_LINEAR = "a relu between two layers is claimed fused into the linear before it (linear(activation='relu'), as the runtime's capture writes it)"
-
 
 def chain_grids(device: MemristorDevice, sub: Subgraph) -> list[TileGrid]:
     """The tiles each layer of a chain of linear ops stores."""
@@ -39,24 +35,9 @@ def chain_grids(device: MemristorDevice, sub: Subgraph) -> list[TileGrid]:
 
 def chain_problem(device: MemristorDevice, sub: Subgraph) -> str | None:
     """Why ``device`` does not run ``sub`` as one analog chain, or None when it does."""
-    if not sub.is_chain:
-        return f"{device.uri} claims chains only (each op reading the previous op's output, the last one's result leaving); {sub} is wired otherwise"
-    for j, op in enumerate(sub.ops):
-        if op.name != "linear":
-            hint = NOT_LINEAR if op.name == "relu" else "it claims chains of linear ops only"
-            return f"op {j} is {op.name}: {hint}"
-        if op.param("weight") is None:
-            return f"op {j} (linear) carries no weight spec; describe its weight in the OpSpec's params"
-        support = device.supports(op)
-        if not support:
-            return f"op {j} (linear) does not run on {device.uri}: {support.reason}"
-    dtypes = {op.inputs[0].dtype for op in sub.ops}
-    if len(dtypes) > 1:
-        return f"the chain mixes input dtypes {sorted(str(d) for d in dtypes)}; an analog chain passes one dtype through, cast the layers alike"
-    for j in range(1, len(sub.ops)):
-        problem = _link_problem(sub.ops[j - 1], sub.ops[j], j)
-        if problem:
-            return problem
+    problem = linear_chain_problem(device, sub)
+    if problem:
+        return problem
     grids = chain_grids(device, sub)
     tiles = sum(g.tiles for g in grids)
     if tiles > device.allocator.count:
@@ -64,16 +45,4 @@ def chain_problem(device: MemristorDevice, sub: Subgraph) -> str | None:
             f"{device.uri} holds {device.allocator.count} tiles; this chain of {len(grids)} layers keeps every layer resident and needs "
             f"{tiles} ({' + '.join(str(g.tiles) for g in grids)}). Pass ?tiles={tiles} or claim a shorter chain"
         )
-    return None
-
-
-def _link_problem(before: OpSpec, after: OpSpec, j: int) -> str | None:
-    """Why op ``j`` (``after``) cannot read op ``j - 1``'s (``before``) output, or None."""
-    out_features = before.param("weight").shape[0]
-    reads = after.inputs[0].shape
-    lead_before, lead_after = before.inputs[0].shape[:-1], reads[:-1]
-    if reads[-1] not in (None, out_features) or len(lead_before) != len(lead_after):
-        return f"op {j} (linear) reads {reads} but op {j - 1} gives {(*lead_before, out_features)}"
-    if any(a is not None and b is not None and a != b for a, b in zip(lead_before, lead_after)):
-        return f"op {j} (linear) reads {reads} but op {j - 1} gives {(*lead_before, out_features)}"
     return None

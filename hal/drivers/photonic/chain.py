@@ -35,20 +35,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from hal.device import OpSpec
 from hal.drivers.photonic.energy import loss_budget_db, mesh_loss_db
 from hal.drivers.photonic.imperfections import PhotonicConfig
 from hal.drivers.photonic.processor import Tile, calibrate
-from hal.subgraph import Subgraph
+from hal.subgraph import Subgraph, linear_chain_problem
 
 if TYPE_CHECKING:
     from hal.drivers.photonic.driver import PhotonicDevice
 
 #: Seed of the Gaussian weights a chain's segments and estimate are planned with before its weights are known.
 REFERENCE_SEED = 1234
-NOT_LINEAR = "a relu between two layers is claimed fused into the linear before it (linear(activation='relu'), as the runtime's capture writes it)"
-
-
 class ComposedTile:
     """Processors in series (one programmed ``Tile`` each), read once: the tile-like block ``PhotonicMatrix`` runs.
 
@@ -145,43 +141,15 @@ def relus_of(sub: Subgraph) -> list[bool]:
 
 def chain_problem(device: PhotonicDevice, sub: Subgraph) -> str | None:
     """Why ``device`` does not run ``sub`` as one chain keeping light optical somewhere, or None when it does."""
-    if not sub.is_chain:
-        return f"{device.uri} claims chains only (each op reading the previous op's output, the last one's result leaving); {sub} is wired otherwise"
+    problem = linear_chain_problem(device, sub)
+    if problem:
+        return problem
     for j, op in enumerate(sub.ops):
-        if op.name != "linear":
-            hint = NOT_LINEAR if op.name == "relu" else "it claims chains of linear ops only"
-            return f"op {j} is {op.name}: {hint}"
-        weight = op.param("weight")
-        if weight is None:
-            return f"op {j} (linear) carries no weight spec; describe its weight in the OpSpec's params"
-        support = device.supports(op)
-        if not support:
-            return f"op {j} (linear) does not run on {device.uri}: {support.reason}"
-        if 0 in weight.shape:
-            return f"op {j} (linear) has an empty weight {weight.shape}: nothing to chain, run it op by op"
-    dtypes = {op.inputs[0].dtype for op in sub.ops}
-    if len(dtypes) > 1:
-        return f"the chain mixes input dtypes {sorted(str(d) for d in dtypes)}; light carries one encoding through, cast the layers alike"
-    for j in range(1, len(sub.ops)):
-        problem = _link_problem(sub.ops[j - 1], sub.ops[j], j)
-        if problem:
-            return problem
+        if 0 in op.param("weight").shape:
+            return f"op {j} (linear) has an empty weight {op.param('weight').shape}: nothing to chain, run it op by op"
     segments, reasons = plan_segments(device, reference_weights(sub), relus_of(sub))
     if all(len(segment) == 1 for segment in segments):
         return f"every layer boundary of {sub} needs detection and re-modulation ({'; '.join(reasons) or 'a single layer'}), so it costs what op by op does; run it op by op"
-    return None
-
-
-def _link_problem(before: OpSpec, after: OpSpec, j: int) -> str | None:
-    """Why op ``j`` (``after``) cannot read op ``j - 1``'s (``before``) output, or None."""
-    out_features = before.param("weight").shape[0]
-    reads = after.inputs[0].shape
-    lead_before, lead_after = before.inputs[0].shape[:-1], reads[:-1]
-    gives = (*lead_before, out_features)
-    if reads[-1] not in (None, out_features) or len(lead_before) != len(lead_after):
-        return f"op {j} (linear) reads {reads} but op {j - 1} gives {gives}"
-    if any(a is not None and b is not None and a != b for a, b in zip(lead_before, lead_after)):
-        return f"op {j} (linear) reads {reads} but op {j - 1} gives {gives}"
     return None
 
 
