@@ -13,14 +13,11 @@ Gluon front end calls).
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
 import sys
-import tempfile
 
 import torch
 
+from ..cubin import register_usage
 from . import patterns
 from .configs import HOPPER, TileConfig, interpreting
 from .kernel import _PINGPONG_REGS, AttentionKernel, compile_attention
@@ -65,21 +62,10 @@ def compile_forward(attn: AttentionKernel, config: TileConfig):
 
 def resources(kernel) -> dict:
     """Shared memory (bytes), registers per thread and local-memory bytes (cuobjdump), and the key instructions."""
-    import triton
-
     ptx = kernel.asm["ptx"]
     report = {"shared_bytes": kernel.metadata.shared, "wgmma": "wgmma.mma_async" in ptx,
               "tma": "cp.async.bulk.tensor" in ptx, "setmaxnreg": "setmaxnreg" in ptx}
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if os.path.exists(cuobjdump):
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(kernel.asm["cubin"])
-            f.flush()
-            usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                                   check=False).stdout
-        found = re.search(r"REG:(\d+).*LOCAL:(\d+)", usage)
-        if found:
-            report.update(registers=int(found.group(1)), local_bytes=int(found.group(2)))
+    report.update(register_usage(kernel))
     return report
 
 

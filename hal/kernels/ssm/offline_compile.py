@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 
+from ..cubin import register_usage
 from . import configs
 
 SM90_MAX_SHARED_BYTES = 227 * 1024  # per block, compute capability 9.0 (CUDA C++ Programming Guide, tech. specs)
@@ -55,19 +52,8 @@ def compile_kernel(fn, constants: dict, num_warps: int, num_stages: int):
 
 def resources(kernel) -> dict:
     """Registers per thread and local-memory (spill) bytes from cuobjdump, shared bytes, whether wgmma is used."""
-    import triton
-
     report = {"shared_bytes": kernel.metadata.shared, "wgmma": "wgmma.mma_async" in kernel.asm["ptx"]}
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if os.path.exists(cuobjdump):
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(kernel.asm["cubin"])
-            f.flush()
-            usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                                   check=False).stdout
-        found = re.search(r"REG:(\d+).*LOCAL:(\d+)", usage)
-        if found:
-            report.update(registers=int(found.group(1)), local_bytes=int(found.group(2)))
+    report.update(register_usage(kernel))
     report["fits_sm90"] = report["shared_bytes"] <= SM90_MAX_SHARED_BYTES
     return report
 
