@@ -388,6 +388,21 @@ class _EagerEntry:
 # --------------------------------------------------------------------------- devices
 
 
+class TorchGraph:
+    """What ``Device.compile_torch_graph`` returns: the callable Dynamo runs, and a live account of how it runs.
+
+    ``describe()`` says what the device did with the graph (rewrites that fired, whether and why it replays as a
+    CUDA graph): it may change after the first calls, when decisions that need measurements are taken.
+    """
+
+    def __init__(self, fn: Callable[..., Any], describe: Callable[[], str]):
+        self._fn = fn
+        self.describe = describe
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+
 class Device(ABC):
     """A device of one kind, addressed by a URI, with capabilities, estimates and compile-then-run ops.
 
@@ -583,6 +598,18 @@ class Device(ABC):
     def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
         """Build the Program of a claimed subgraph; drivers that override ``claim`` override this too."""
         raise UnsupportedOp(f"{self.uri} claims no subgraphs")
+
+    # ---- whole torch graphs (the torch.compile backend's delegate route)
+    def compile_torch_graph(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], delegate: Callable[[torch.fx.GraphModule, Sequence[Any]], Callable[..., Any]]) -> TorchGraph | None:
+        """This device's own compilation of a whole Dynamo FX graph whose tensors all live on it, or None.
+
+        ``torch.compile(model, backend="hal")`` hands a graph that needs no placement (every selected device trains
+        and holds its tensors) to the delegate backend (Inductor). A device that can do better (rewrite the graph
+        for its own kernels, replay it as a CUDA graph) returns a ``TorchGraph`` built around ``delegate`` (which
+        compiles a graph module for those example inputs); None, the default, hands the graph to the delegate
+        unchanged.
+        """
+        return None
 
     def estimate_subgraph(self, sub: Subgraph) -> Cost:
         """Cost of one call of the claimed subgraph; the default sums the ops' estimates (drivers refine it)."""

@@ -9,7 +9,9 @@ ends one region and the Python in between runs as plain Python). For each graph:
 3. the graph is routed. When every selected device is digital and real (the CPU, NVIDIA GPUs: devices that
    train), no pins are given and the graph's tensors live on those devices, there is nothing to place: the
    whole graph goes to the ``delegate`` torch backend (Inductor by default) and its compiled callable is
-   returned unchanged, so hal adds nothing per call. Otherwise hal.runtime places it:
+   returned unchanged, so hal adds nothing per call; unless the device holding the graph's tensors compiles it
+   itself around the delegate (``Device.compile_torch_graph``: an NVIDIA GPU rewrites it for hal's fused kernels
+   and replays it as a CUDA graph where that pays, docs/nvidia.md). Otherwise hal.runtime places it:
 4. weights are told from activations: parameters and the buffers Dynamo lifted to graph inputs (it marks them
    as static inputs) become constants of a rebuilt ``fx.GraphModule``, so devices bind them once (``prepare``);
    symbolic sizes (dynamic shapes) are specialised per call signature; ``hal.runtime.capture.graph_of`` turns
@@ -37,7 +39,7 @@ from torch import fx
 
 from hal import registry
 from hal.capability import Paradigm
-from hal.device import Device, DeviceURI, Program
+from hal.device import Device, DeviceURI, Program, TorchGraph
 from hal.errors import HalError, InvalidInput, UnsupportedOp
 from hal.runtime.capture import Graph, Node, graph_of
 from hal.runtime.costs import HOST
@@ -231,8 +233,10 @@ def _where(gm: fx.GraphModule) -> str:
 class Compiled:
     """What the backend made of one Dynamo graph: ``fn`` (what Dynamo calls), the route and why, and the placement.
 
-    ``route`` is ``"delegate"`` (the whole graph went to ``options['delegate']``) or ``"placed"`` (hal.runtime placed
-    it; ``placed`` holds the plans). ``compile_id`` is Dynamo's ``frame/compile`` count for the frame.
+    ``route`` is ``"delegate"`` (the whole graph went to ``options['delegate']``), ``"device"`` (the device holding
+    the graph's tensors compiled it around the delegate: ``Device.compile_torch_graph``; ``own`` says how) or
+    ``"placed"`` (hal.runtime placed it; ``placed`` holds the plans). ``compile_id`` is Dynamo's ``frame/compile``
+    count for the frame.
     """
 
     fn: Callable[..., Any]
@@ -241,6 +245,16 @@ class Compiled:
     compile_id: str
     devices: list[str]
     placed: PlacedGraph | None = None
+    own: TorchGraph | None = None
+
+    def describe(self) -> str:
+        """The route and why, then the plans (placed) or the device's own account of the graph (device)."""
+        head = f"[{self.compile_id}] on {', '.join(self.devices)}: {self.route} ({self.reason})"
+        if self.placed is not None:
+            return f"{head}\n{self.placed.describe()}"
+        if self.own is not None:
+            return f"{head}\n{self.own.describe()}"
+        return head
 
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Mapping[str, Any] | None = None, mode: str | None = None) -> Compiled:
@@ -253,14 +267,29 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Ma
     names = [str(d) for d in devices]
     why = _route(opts, devices, example_inputs)
     if why is None:
+        reason = f"every selected device ({', '.join(names)}) trains and holds the graph's tensors"
+        home = _home_device(devices, example_inputs) if mode in (None, "default") else None
+        own = home.compile_torch_graph(gm, example_inputs, lambda g, xs: _delegate(g, xs, opts.delegate, mode)) if home is not None else None
+        if own is not None:
+            log.info("hal: graph %s compiled by %s around %s", cid, home, opts.delegate)
+            return Compiled(own, "device", f"{reason}; {home} compiles it around {opts.delegate}", cid, names, own=own)
         fn = _delegate(gm, example_inputs, opts.delegate, mode)
         log.info("hal: graph %s runs whole on %s (devices %s)", cid, opts.delegate, ", ".join(names))
-        return Compiled(fn, "delegate", f"every selected device ({', '.join(names)}) trains and holds the graph's tensors", cid, names)
+        return Compiled(fn, "delegate", reason, cid, names)
     if mode not in (None, "default"):
         raise InvalidInput(f"torch.compile(mode={mode!r}) configures the Inductor delegate, but hal places this graph itself ({why}); leave mode unset")
     placed = PlacedGraph(gm, example_inputs, devices, opts, bound)
     log.info("hal: graph %s placed by hal.runtime (%s):\n%s", cid, why, placed.describe() if log.isEnabledFor(logging.INFO) else "")
     return Compiled(placed, "placed", why, cid, names, placed)
+
+
+def _home_device(devices: list[Device], example_inputs: Sequence[Any]) -> Device | None:
+    """The one selected device every tensor input of the graph lives on, or None (no tensors, or several homes)."""
+    homes = {t.device for t in example_inputs if isinstance(t, torch.Tensor)}
+    if len(homes) != 1:
+        return None
+    (home,) = homes
+    return next((d for d in devices if d.torch_device == home), None)
 
 
 def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, options: Mapping[str, Any] | None = None, mode: str | None = None) -> Callable[..., Any]:
@@ -677,9 +706,7 @@ class Explanation:
 
     def __str__(self) -> str:
         parts = [f"{len(self.graphs)} graph(s) captured (a graph break starts a new one)"]
-        for i, c in enumerate(self.graphs):
-            head = f"graph {i} [{c.compile_id}] on {', '.join(c.devices)}: {c.route} ({c.reason})"
-            parts.append(head if c.placed is None else f"{head}\n{c.placed.describe()}")
+        parts += [f"graph {i} {c.describe()}" for i, c in enumerate(self.graphs)]
         return "\n\n".join(parts)
 
 

@@ -323,6 +323,38 @@ def test_only_cpu_selected_delegates_the_whole_graph():
     assert getattr(result.fn, "__self__", None) is gm  # the eager delegate's own callable (gm's forward): nothing added per call
 
 
+def test_a_device_that_compiles_the_graph_itself_gets_it_around_the_delegate(monkeypatch):
+    from hal.device import TorchGraph
+    from hal.drivers.cpu import CpuDevice
+
+    seen = []
+
+    def own(self, gm, example_inputs, delegate):
+        inner = delegate(gm, example_inputs)
+        seen.append(gm)
+        return TorchGraph(lambda *args: inner(*args), lambda: "rewritten by the test device")
+
+    monkeypatch.setattr(CpuDevice, "compile_torch_graph", own)
+    backend = Recorder()
+    model = seeded(Residual)
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(torch.compile(model, backend=backend, options={"devices": ["cpu:0"], "delegate": "eager"})(x), model(x))
+    (result,) = backend.compiled
+    assert result.route == "device" and seen == backend.graphs
+    assert "rewritten by the test device" in result.describe() and "cpu:0 compiles it around eager" in result.reason
+
+
+def test_a_compile_mode_skips_the_devices_own_compilation(monkeypatch):
+    from hal.drivers.cpu import CpuDevice
+
+    monkeypatch.setattr(CpuDevice, "compile_torch_graph", lambda *a: pytest.fail("a mode asks for the delegate's own compile"))
+    asked = []
+    monkeypatch.setattr(dynamo, "_delegate", lambda gm, xs, name, mode: asked.append((name, mode)) or gm)
+    gm = fx.symbolic_trace(seeded(Residual))
+    result = dynamo.compile_graph(gm, [torch.randn(2, 8)], options={"devices": ["cpu:0"]}, mode="max-autotune-no-cudagraphs")
+    assert result.route == "delegate" and asked == [("inductor", "max-autotune-no-cudagraphs")]
+
+
 @pytest.mark.slow
 def test_default_options_delegate_to_inductor():
     model, backend = seeded(Residual), Recorder()
