@@ -170,7 +170,7 @@ def test_a_claimed_subgraph_is_fused_by_inductor_and_equals_the_ops_one_by_one(o
     assert device.claim(sub)
     program = device.prepare_subgraph(sub, params)
     out = program(x)
-    assert program.path == fusion.FUSED and out.device.type == "cuda" and out.dtype == dtype
+    assert program.path.startswith(fusion.FUSED) and out.device.type == "cuda" and out.dtype == dtype
     one_by_one = run_wired(sub, [device.prepare(op, p) for op, p in zip(sub.ops, params)], [x])
     tolerance = max(device.capabilities.ops[op.name].tolerance[str(dtype).removeprefix("torch.")] for op in sub.ops)
     assert float((out.double() - one_by_one.double()).norm() / one_by_one.double().norm()) < tolerance

@@ -14,10 +14,13 @@ pytest.importorskip("pynvml")
 from nvidia_fakes import H100_SXM, FakeCuda, FakeNvml, machine
 
 from hal.device import OpSpec
-from hal.drivers.nvidia import HopperDevice, fusion, matmul
+from hal.drivers.nvidia import HopperDevice, fusion, graphs, matmul
 from hal.drivers.nvidia.detect import Backends, using
-from hal.errors import UnsupportedOp
+from hal.errors import InvalidInput, UnsupportedOp
 from hal.subgraph import Subgraph, run_wired
+
+#: What a subgraph Program computing on host tensors (these tests) says about CUDA graphs.
+NO_CUDA_GRAPHS = "eager: CUDA graphs need a CUDA device; this callable runs on cpu"
 
 
 @contextmanager
@@ -64,9 +67,9 @@ def test_a_claimed_chain_is_one_program_equal_to_the_ops_one_by_one(fuse: str) -
     assert program.op.name == "subgraph" and program.op.attr("ops") == ("linear", "layer_norm", "linear", "softmax")
     assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
     if fuse == "none":
-        assert program.path == f"{fusion.PLAIN}: ?fuse=none"
+        assert program.path == f"{fusion.PLAIN}: ?fuse=none; {NO_CUDA_GRAPHS}"
     else:  # Inductor's CPU back end here; on a GPU it builds Triton kernels (test_nvidia_gpu.py)
-        assert program.path == fusion.FUSED or "Inductor failed" in program.path
+        assert program.path == f"{fusion.FUSED}; {NO_CUDA_GRAPHS}" or "Inductor failed" in program.path
     assert program.cost.latency_s == pytest.approx(sum(device.estimate(op).latency_s for op in sub.ops))
 
 
@@ -176,3 +179,42 @@ def test_every_subgraph_gets_its_own_compile_cache(monkeypatch) -> None:
 
         assert torch.equal(fusion.Composition(composed, None)(x), torch.relu(x))
     assert torch._dynamo.utils.counters["frames"]["ok"] - before == 10, "each of the 10 structures was compiled"
+
+
+def test_a_subgraph_program_is_graphed_where_replay_pays_and_says_so(monkeypatch) -> None:
+    from test_nvidia_graphs import FakeBackend  # CUDA graphs' primitives simulated on host tensors
+
+    fake = FakeBackend(eager_s=1.2e-3, replay_s=1e-4)
+    monkeypatch.setattr(graphs, "backend_for", lambda device: (fake, None))
+    sub, params, x = _mlp_chain()
+    with simulated_h100():
+        device = _on_host("hopper:0?fuse=none")
+        program = device.prepare_subgraph(sub, params)
+        assert program.decision is graphs.PENDING
+        first, second = program(x), program(x * 2)
+        expected = _one_by_one(device, sub, params, [x * 2])
+    assert torch.allclose(second, expected, rtol=1e-5, atol=1e-6) and not torch.equal(first, second)
+    assert program.decision.graphed
+    assert fake.replays == 1 + graphs.TIMING_CALLS.value + 1, "the decision's untimed and timed replays, then the second call's"
+    assert program.path == f"{fusion.PLAIN}: ?fuse=none; graphed: replay 0.102 ms vs eager 1.2 ms per call, 2.0 MiB"
+
+
+@pytest.mark.parametrize("options, reason", [("graphs=never", "eager: graph mode never"), ("graphs=auto&graph_memory_mib=1", "over the 1.0 MiB budget")])
+def test_graph_options_reach_the_decision(monkeypatch, options: str, reason: str) -> None:
+    from test_nvidia_graphs import FakeBackend
+
+    fake = FakeBackend()
+    monkeypatch.setattr(graphs, "backend_for", lambda device: (fake, None))
+    sub, params, x = _mlp_chain()
+    with simulated_h100():
+        program = _on_host(f"hopper:0?fuse=none&{options}").prepare_subgraph(sub, params)
+        program(x)
+    assert not program.decision.graphed and reason in program.path
+
+
+def test_graph_options_are_checked() -> None:
+    with simulated_h100():
+        with pytest.raises(InvalidInput, match="graphs='sometimes' is invalid"):
+            HopperDevice("hopper:0?graphs=sometimes")
+        with pytest.raises(InvalidInput, match="graph_buckets='0' is invalid"):
+            HopperDevice("hopper:0?graph_buckets=0")
