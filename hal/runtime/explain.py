@@ -114,6 +114,10 @@ def claim_notes(plan: Plan) -> list[str]:
             notes.append(f"stage {stage.index} ({len(claim.nodes)} ops on {claim.device}) runs as one claimed Program: est. "
                          f"{_si(c.latency_s, 's')}, {_si(c.energy_j, 'J')}, error {c.error:.2g} vs {_si(s.latency_s, 's')}, "
                          f"{_si(s.energy_j, 'J')}, error {s.error:.2g} op by op ({c.formula or 'no formula given'})")
+            entry = plan.stage_programs.get((claim.names, claim.device))
+            path = getattr(entry.program, "path", None) if entry is not None else None
+            if path:
+                notes.append(f"stage {stage.index} ran as: {path}")  # the device's own account: fused or not, graphed or not and why
         else:
             declined.setdefault((claim.device, claim.reason), []).append(str(stage.index))
     for (device, reason), indices in declined.items():

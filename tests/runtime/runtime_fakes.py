@@ -110,7 +110,9 @@ class FakeDevice(Device):
                 self.on_run(spec)
             return run_wired(sub, steps, inputs)
 
-        return Program(spec, self, self.estimate_subgraph(sub), run)
+        program = Program(spec, self, self.estimate_subgraph(sub), run)
+        program.path = f"{len(sub.ops)} ops composed by the fake"  # what a real driver's Program says of itself
+        return program
 
 
 def fake(kind: str, **attrs) -> FakeDevice:

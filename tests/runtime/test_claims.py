@@ -72,7 +72,9 @@ def test_the_plan_counts_the_claims_estimate_and_explains_it():
     assert d["totals"]["latency_s"] == pytest.approx(p.totals().latency_s)
     assert sum(s["energy_j"] for s in d["stages"]) == pytest.approx(d["totals"]["energy_j"])
     assert sum(d["energy_by_device_j"].values()) == pytest.approx(d["totals"]["energy_j"])
+    assert "ran as" not in text, "no Program yet: nothing to say of how the stage ran"
     _, report = p.run(x, profile=True)
+    assert f"stage 0 ran as: {len(claim.nodes)} ops composed by the fake" in str(p), "after a run the device's account of the Program"
     assert report.stages[0].claimed and report.stages[0].est_latency_s == pytest.approx(claim.cost.latency_s)
     assert "one (claimed)" in str(report)
 

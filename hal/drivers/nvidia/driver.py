@@ -16,8 +16,20 @@ name). The ``cuda`` probe lists every GPU (what it lists is what opens); a Hoppe
   call (bf16/fp16, a head dim it has tiles for: 64/128/256, equal q/k lengths when causal, Hopper or datacenter
   Blackwell), SDPA otherwise. Masked patterns (sliding window, documents, prefix-LM...) use
   ``hal.kernels.attention.compile_attention`` directly.
-- ``?fuse=inductor|none`` (default inductor): how a claimed subgraph's one Program runs (``fusion.py``): the ops'
+- ``?fuse=inductor|none`` (default none): how a claimed subgraph's one Program runs (``fusion.py``): the ops'
   own implementations composed along the wiring and compiled by ``torch.compile`` (Inductor), or composed as they are.
+- ``?graphs=auto|always|never`` (default auto): CUDA graphs for a claimed subgraph's Program (``graphs.py``, PyGraph
+  style): each input layout is captured after warm-up, and under ``auto`` replayed only where replay (with its input
+  and output copies) measured at least 1.1x faster than eager and the graph holds at most ``?graph_memory_mib``
+  (default 1024); ``always`` replays wherever capture is legal; ``never`` runs eager. ``?graph_buckets=`` (default 8)
+  bounds the input layouts kept per Program. The Program's ``path`` ends with the decision ("graphed: replay 0.12 ms
+  vs eager 1.15 ms per call, 3.1 MiB", "eager: capture illegal: ..."), and its ``decision`` attribute holds it with
+  the measured figures. Graphs replay inference only (grad mode with inputs or weights requiring grad runs eager);
+  each Program's graphs share one memory pool.
+
+- ``?fuse_passes=on|off`` (default on): whether ``torch.compile(model, backend="hal")`` rewrites the graphs it hands
+  this GPU with hal's fusion passes before Inductor compiles them (``torch_graph.py``, ``passes/``); such graphs are
+  then replayed as CUDA graphs under ``?graphs=``.
 
 Subgraph claims: any chain or DAG of declared vocabulary ops is claimed (``claim``) and runs as one Program whose
 intermediates stay on the GPU; a subgraph with an op the device does not declare is refused with the reason.
@@ -34,15 +46,29 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from hal import ops as vocabulary
 from hal.capability import Capabilities, OpSupport, Paradigm
-from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, choice, dtype_name
-from hal.drivers.nvidia import fusion, matmul
+from hal.device import (
+    Check,
+    Cost,
+    Device,
+    DeviceInfo,
+    OpSpec,
+    Option,
+    Program,
+    Support,
+    TorchGraph,
+    bounded_float,
+    bounded_int,
+    choice,
+    dtype_name,
+)
+from hal.drivers.nvidia import fusion, graphs, matmul
 from hal.drivers.nvidia.architectures import BY_MAJOR, GENERIC_KIND, architecture_for
 from hal.drivers.nvidia.capabilities import build_capabilities
 from hal.drivers.nvidia.detect import DetectedGpu, Detection, current_backends, detect
@@ -112,6 +138,10 @@ class NvidiaDevice(Device):
         "matmul_precision": Option(choice({p: p for p in matmul.PRECISIONS}), "native", "the tensor-core policy of matmul/linear/conv2d: native, tf32, bf16, fp16 or fp8"),
         "attention": Option(choice({"hal": "hal", "sdpa": "sdpa"}), "sdpa", "'sdpa' (torch's fused attention; the faster for dense full/causal masks) or 'hal' (hal's Triton attention kernel where it fits, else SDPA)"),
         "fuse": Option(choice({"inductor": "inductor", "none": "none"}), "none", "how a claimed subgraph runs: 'none' (its ops composed as they are; measured faster in wall time on small blocks, docs/nvidia.md) or 'inductor' (torch.compile fuses its ops, compiling at the first call)"),
+        "graphs": Option(choice({m: m for m in graphs.MODES}), "auto", "CUDA graphs for a claimed subgraph: 'auto' (each input layout captured, kept where replay measured faster than eager within ?graph_memory_mib), 'always' (wherever capture is legal) or 'never'"),
+        "fuse_passes": Option(choice({"on": "on", "off": "off"}), "on", "torch.compile(backend='hal') graphs on this GPU: 'on' rewrites small-batch linear regions into hal's fused GEMM kernels before Inductor (torch_graph.py), 'off' leaves them to Inductor"),
+        "graph_buckets": Option(bounded_int(1), int(graphs.MAX_BUCKETS.value), "input layouts a claimed subgraph keeps a graph (or an eager decision) for, an integer >= 1; the least recently used is evicted"),
+        "graph_memory_mib": Option(bounded_float(0.0), graphs.MEMORY_BUDGET.value / graphs.MIB, "the memory one graph may hold under ?graphs=auto (pool growth at capture + input buffers), MiB >= 0"),
     }
     #: Human description of the GPUs this kind runs, for messages.
     family: ClassVar[str] = ""
@@ -278,26 +308,45 @@ class NvidiaDevice(Device):
         return Support.yes()
 
     def _compile_subgraph(self, sub: Subgraph, params: list[dict[str, torch.Tensor]]) -> Program:
-        """The ops' own functions composed along the wiring, fused by Inductor where it compiles (``fusion.py``)."""
+        """The ops' own functions composed along the wiring, fused by Inductor where it compiles, replayed as a CUDA
+        graph per input layout where ``?graphs=`` says so (``fusion.py``, ``graphs.py``)."""
         steps = [self._op_fn(op, p, set_float32_mode=False)[0] for op, p in zip(sub.ops, params)]
 
         def composed(*inputs: torch.Tensor) -> Any:
             return run_wired(sub, steps, inputs)
 
         why_not = "?fuse=none" if self.options["fuse"] == "none" else fusion.inductor_unavailable(self.torch_device)
-        composition = fusion.Composition(composed, why_not)
+        composition = fusion.Composition(composed, why_not, graph_policy=self._graph_policy(), device=self.torch_device)
         tf32 = self.precision == "tf32"
         op = sub.as_opspec()
         program: GpuProgram
 
         def run(*inputs: torch.Tensor) -> Any:
-            with matmul.float32_mode(tf32):  # one switch for every float32 GEMM of the subgraph
+            with matmul.float32_mode(tf32):  # one switch for every float32 GEMM of the subgraph, captured with it
                 out = composition(*inputs)
             program.path = composition.path
+            program.decision = composition.decision
             return out
 
         program = GpuProgram(op, self, self.estimate_subgraph(sub), self._guarded(op, run), composition.path)
+        program.decision = composition.decision  # graphs.GraphDecision of the last call's input layout
         return program
+
+    def _graph_policy(self) -> graphs.GraphPolicy:
+        """The CUDA-graph policy the ``?graphs=`` / ``?graph_buckets=`` / ``?graph_memory_mib=`` options set."""
+        return graphs.GraphPolicy(
+            mode=self.options["graphs"],
+            max_buckets=self.options["graph_buckets"],
+            max_buckets_made=max(self.options["graph_buckets"], int(graphs.MAX_BUCKETS_MADE.value)),
+            memory_budget_bytes=int(self.options["graph_memory_mib"] * graphs.MIB),
+        )
+
+    # ---- whole torch graphs (torch.compile(backend="hal"))
+    def compile_torch_graph(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], delegate: Callable[[torch.fx.GraphModule, Sequence[Any]], Callable[..., Any]]) -> TorchGraph | None:
+        """hal's fusion passes, then ``delegate`` (Inductor), then a CUDA graph where it pays (``torch_graph.py``)."""
+        from hal.drivers.nvidia import torch_graph
+
+        return torch_graph.compile_torch_graph(gm, example_inputs, delegate, device=self.torch_device, policy=self._graph_policy(), fuse=self.options["fuse_passes"] == "on")
 
     def _attention(self, op: OpSpec, attrs: dict[str, Any]) -> tuple[Callable[..., torch.Tensor], str]:
         q, k, v = op.inputs
