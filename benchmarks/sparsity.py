@@ -13,7 +13,15 @@ check, the 7B MLP at 8k tokens, and the pruned + fine-tuned validation loss agai
   fine-tuned, against the dense model trained the same extra steps), or its number read from ``--pruned-from``.
 
     python benchmarks/sparsity.py                      # GPU: writes benchmarks/results/sparsity.json
+    python benchmarks/sparsity.py --pruned-from benchmarks/results/fp8_training.json   # GPU, no second training
     python benchmarks/sparsity.py --smoke --out smoke.json    # CPU: the plumbing only (no sparse kernel there)
+
+GPU wall time on one H200, estimated from the work (not measured yet; each part's own time is written to
+``part_wall_s``): ``shapes`` is 216 rows of about four ``do_bench`` calls of ~0.1 s each (warm-up 10 ms, 40 ms of
+repeats) plus 24 compressions, ~2 min; ``mlp`` ~10 s; ``pruned`` trains the 125M model 400 steps and fine-tunes it
+twice for 100 (three compiles), ~4 min, or nothing with ``--pruned-from`` (benchmarks/fp8_training.py runs the same
+study). So ~2 min after fp8_training.py, ~6 min alone: no ``--quick`` is needed. The result is rewritten after every
+part.
 """
 
 from __future__ import annotations
@@ -182,11 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     parts = set(args.parts.split(","))
     out = args.out or (Path(tempfile.gettempdir()) / "sparsity_smoke.json" if args.smoke else RESULTS / "sparsity.json")
-    doc: dict = {"environment": environment(device), "smoke": args.smoke, "noise": NOISE}
+    doc: dict = {"environment": environment(device), "smoke": args.smoke, "noise": NOISE, "part_wall_s": {}}
     if device == "cuda":
         doc["environment"]["compute_capability"] = list(torch.cuda.get_device_capability())
         doc["environment"]["cusparselt"] = torch.backends.cusparselt.version()
     summary: dict = {}
+    doc["summary"] = summary
+    if args.smoke:
+        summary["note"] = "smoke: tiny shapes on a CPU, where no 2:4 kernel runs; timings mean nothing"
+    clock = {"start": time.perf_counter()}
+
+    def part_done(name: str) -> None:  # the result after every part: a run stopped by a time limit keeps it
+        doc["part_wall_s"][name] = time.perf_counter() - clock["start"]
+        clock["start"] = time.perf_counter()
+        write(doc, out)
+
     if "shapes" in parts:
         models = SMOKE_MODELS if args.smoke else {k: MODELS[k] for k in args.models.split(",")}
         dtypes = [torch.float32] if args.smoke else [torch.bfloat16, torch.float16, torch.float8_e4m3fn]
@@ -195,15 +213,21 @@ def main(argv: list[str] | None = None) -> int:
         summary["decision_never_slower"] = all(checked) if checked else None
         summary["shapes_sparse_kept"] = sum(1 for r in doc["shapes"] if r.get("decision", "").startswith("sparse"))
         summary["shapes_timed"] = len(checked)
+        part_done("shapes")
     if "mlp" in parts:
         d, ffn = (64, 128) if args.smoke else MODELS["7b"][:2]
         doc["mlp_7b"] = bench_mlp(device, d, ffn, 64 if args.smoke else 8192)
         summary["mlp_7b_speedup"] = doc["mlp_7b"]["speedup"]
+        part_done("mlp")
     if "pruned" in parts:
         if args.pruned_from:
             source = json.loads(args.pruned_from.read_text())
-            summary["pruned_val_loss_gap_pct"] = source["summary"]["pruned_val_loss_gap_pct"]
-            doc["pruned"] = {"from": str(args.pruned_from), "fp8_training_environment": source["environment"]}
+            gap = source.get("summary", {}).get("pruned_val_loss_gap_pct")
+            summary["pruned_val_loss_gap_pct"] = gap
+            doc["pruned"] = {"from": str(args.pruned_from), "fp8_training_environment": source.get("environment"),
+                             "fp8_training_quick": source.get("quick")}
+            if gap is None:
+                doc["pruned"]["error"] = f"{args.pruned_from} holds no pruned_val_loss_gap_pct (its convergence part did not finish)"
         else:
             from benchmarks import fp8_training as study
 
@@ -220,14 +244,16 @@ def main(argv: list[str] | None = None) -> int:
                                                 max(2, steps // 4))
             doc["pruned"]["data"] = meta
             summary["pruned_val_loss_gap_pct"] = doc["pruned"]["pruned_val_loss_gap_pct"]
-    if args.smoke:
-        summary["note"] = "smoke: tiny shapes on a CPU, where no 2:4 kernel runs; timings mean nothing"
-    doc["summary"] = summary
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+        part_done("pruned")
+    write(doc, out)
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def write(doc: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

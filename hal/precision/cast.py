@@ -1,25 +1,24 @@
 """Casting 2-D tensors to FP8 for a scaled matmul: one entry point, two backends that give the same bits.
 
-``quantize_2d`` picks the Triton kernel (hal.precision.cast_kernels) where it runs (a CUDA tensor, or a CPU tensor
-under TRITON_INTERPRET=1) and plain torch (hal.precision.scaling) elsewhere, and inside torch.compile graphs, where
+``quantize_2d`` picks the Triton kernels (hal.kernels.fp8) where they run (a CUDA tensor, or a CPU tensor under
+TRITON_INTERPRET=1) and plain torch (hal.precision.scaling) elsewhere, and inside torch.compile graphs, where
 inductor fuses the torch ops into its own kernels. It can write the FP8 data row-major, column-major or both in one
 pass, and return the amax of what it cast (delayed scaling's history).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import NamedTuple
 
 import torch
 
 from hal.errors import DTypeError, InvalidInput, ShapeError
+from hal.kernels import fp8 as fp8_kernels
 from hal.precision import scaling
 from hal.precision.formats import FloatFormat
 from hal.precision.scaling import Fp8Tensor
 
 BACKENDS = ("auto", "triton", "torch")
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class Quantized2d(NamedTuple):
@@ -31,23 +30,13 @@ class Quantized2d(NamedTuple):
     amax: torch.Tensor | None
 
 
-def _triton_runs(device: torch.device) -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    if device.type == "cuda":
-        return True
-    from hal.precision.cast_kernels import interpreting
-
-    return device.type == "cpu" and interpreting()
-
-
 def resolve_backend(x: torch.Tensor, backend: str) -> str:
     """"triton" or "torch" for casting ``x``; "auto" picks Triton where it runs, outside torch.compile graphs."""
     if backend not in BACKENDS:
         raise InvalidInput(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
-    runs = _triton_runs(x.device) and x.dtype in KERNEL_DTYPES
+    runs = fp8_kernels.triton_runs(x.device) and x.dtype in fp8_kernels.KERNEL_DTYPES
     if backend == "auto":
         return "triton" if runs and not torch.compiler.is_compiling() else "torch"
     if not runs:
@@ -101,35 +90,15 @@ def _quantize_torch(x, fmt, axis, power_of_2, row, col, amax_value, return_amax)
 
 
 def _quantize_triton(x, fmt, axis, power_of_2, row, col, amax_value, return_amax) -> Quantized2d:
-    from hal.precision import cast_kernels as k
-
     n, m = x.shape
-    device = x.device
-    out_row = torch.empty((n, m), dtype=fmt.dtype, device=device) if row else None
-    out_col = torch.empty((m, n), dtype=fmt.dtype, device=device).t() if col else None
-    clipped = torch.zeros((), dtype=torch.int32, device=device)
-    common = dict(fmt_max=fmt.max_value, amax_floor=scaling.amax_floor(fmt), mantissa_bits=fmt.mantissa_bits,
-                  bias=fmt.bias, power_of_2=power_of_2, out_row=out_row, out_col=out_col, clipped=clipped)
-    own_amax = None
+    out_row = torch.empty((n, m), dtype=fmt.dtype, device=x.device) if row else None
+    out_col = torch.empty((m, n), dtype=fmt.dtype, device=x.device).t() if col else None
     if axis is None:
-        scale = torch.empty((), dtype=torch.float32, device=device)
-        if amax_value is None:
-            amax_in = torch.zeros((), dtype=torch.float32, device=device)
-            k.launch(x, op=k.IDENTITY, mode=k.MODE_AMAX, reduce_dim=1, amax_in=amax_in, amax_out=None,
-                     scale_out=scale, **common)
-            own_amax = amax_in if return_amax else None
-        else:
-            amax_in = amax_value.detach().float().reshape(())
-            own_amax = torch.zeros((), dtype=torch.float32, device=device) if return_amax else None
-        k.launch(x, op=k.IDENTITY, mode=k.MODE_CAST, reduce_dim=1, amax_in=amax_in, amax_out=own_amax,
-                 scale_out=scale, **common)
+        result = fp8_kernels.cast_tensorwise(x, fmt.dtype, out_row=out_row, out_col=out_col, amax_value=amax_value,
+                                             power_of_2=power_of_2, return_amax=return_amax)
+        own_amax = result.amax
     else:
-        kept = 1 - axis
-        scale = torch.empty(x.shape[kept], dtype=torch.float32, device=device)
-        k.launch(x, op=k.IDENTITY, mode=k.MODE_ROWWISE, reduce_dim=axis, amax_in=None, amax_out=None,
-                 scale_out=scale, **common)
-        scale = scale.unsqueeze(axis)
-        if return_amax:
-            own_amax = scaling.amax(x)
-    return Quantized2d(Fp8Tensor(out_row, scale, clipped) if row else None,
-                       Fp8Tensor(out_col, scale, clipped) if col else None, own_amax)
+        result = fp8_kernels.cast_rowwise(x, fmt.dtype, axis, out_row=out_row, out_col=out_col, power_of_2=power_of_2)
+        own_amax = scaling.amax(x) if return_amax else None
+    return Quantized2d(Fp8Tensor(out_row, result.scale, result.clipped) if row else None,
+                       Fp8Tensor(out_col, result.scale, result.clipped) if col else None, own_amax)

@@ -7,8 +7,8 @@ cast and writes FP8. Fused, the kernel reads gate and up, computes the product i
 (tensorwise: an amax pass and a cast pass, both recomputing the product; rowwise: one program per row does both).
 The product is never rounded to bf16, so it is slightly more accurate than the unfused composition.
 
-The torch path computes the same op in float32 and casts with hal.precision.scaling: the reference the kernels are
-tested against (they agree up to the last bit of sigmoid / rsqrt, so a rare value may land one FP8 code apart).
+The kernels are hal.kernels.fp8's. The torch path computes the same op in float32 and casts with
+hal.precision.scaling: the reference the kernels are tested against (they agree up to the last bit of sigmoid / rsqrt, so a rare value may land one FP8 code apart).
 
 Training ops take the Fp8Linear whose weight they multiply by (its recipe, bias and weight cache are used); they
 run the dynamic recipes ("tensorwise", "rowwise"). Backward: the grad products in FP8 as in Fp8Linear, the norm
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hal.errors import InvalidInput, ShapeError
-from hal.precision import scaling
+from hal.kernels import fp8 as fp8_kernels
 from hal.precision.cast import Quantized2d, quantize_2d, resolve_backend
 from hal.precision.formats import E4M3, FloatFormat
 from hal.precision.linear import (
@@ -81,28 +81,21 @@ def fused_quantize(op: str, x: torch.Tensor, *, x2: torch.Tensor | None = None,
     if resolve_backend(x, backend) == "torch":
         value, rstd = reference_op(op, x, x2, norm_weight, eps)
         return quantize_2d(value, fmt, axis=axis, power_of_2=power_of_2, row=row, col=col, backend="torch"), rstd
-    from hal.precision import cast_kernels as k
+    from hal.kernels.fp8 import triton_cast as k
 
     n, m = x.shape
-    device = x.device
-    out_row = torch.empty((n, m), dtype=fmt.dtype, device=device) if row else None
-    out_col = torch.empty((m, n), dtype=fmt.dtype, device=device).t() if col else None
-    clipped = torch.zeros((), dtype=torch.int32, device=device)
-    rstd = torch.empty(n, dtype=torch.float32, device=device) if op == "rmsnorm" else None
-    common = dict(op=k.SILU_MUL if op == "silu_mul" else k.RMSNORM, fmt_max=fmt.max_value, amax_floor=scaling.amax_floor(fmt),
-                  mantissa_bits=fmt.mantissa_bits, bias=fmt.bias, power_of_2=power_of_2, out_row=out_row,
-                  out_col=out_col, clipped=clipped, x2=x2, norm_weight=norm_weight, eps=eps)
+    out_row = torch.empty((n, m), dtype=fmt.dtype, device=x.device) if row else None
+    out_col = torch.empty((m, n), dtype=fmt.dtype, device=x.device).t() if col else None
+    rstd = torch.empty(n, dtype=torch.float32, device=x.device) if op == "rmsnorm" else None
+    op_args = dict(op=k.SILU_MUL if op == "silu_mul" else k.RMSNORM, x2=x2, norm_weight=norm_weight, eps=eps,
+                   rstd_out=rstd)
     if axis is None:
-        scale = torch.empty((), dtype=torch.float32, device=device)
-        amax = torch.zeros((), dtype=torch.float32, device=device)
-        k.launch(x, mode=k.MODE_AMAX, reduce_dim=1, amax_in=amax, amax_out=None, scale_out=scale, **common)
-        k.launch(x, mode=k.MODE_CAST, reduce_dim=1, amax_in=amax, amax_out=None, scale_out=scale,
-                 rstd_out=rstd, **common)
+        result = fp8_kernels.cast_tensorwise(x, fmt.dtype, out_row=out_row, out_col=out_col, power_of_2=power_of_2,
+                                             **op_args)
     else:
-        scale = torch.empty(x.shape[1 - axis], dtype=torch.float32, device=device)
-        k.launch(x, mode=k.MODE_ROWWISE, reduce_dim=axis, amax_in=None, amax_out=None, scale_out=scale,
-                 rstd_out=rstd, **common)
-        scale = scale.unsqueeze(axis)
+        result = fp8_kernels.cast_rowwise(x, fmt.dtype, axis, out_row=out_row, out_col=out_col,
+                                          power_of_2=power_of_2, **op_args)
+    scale, clipped = result.scale, result.clipped
     forms = Quantized2d(Fp8Tensor(out_row, scale, clipped) if row else None,
                         Fp8Tensor(out_col, scale, clipped) if col else None, None)
     return forms, rstd.unsqueeze(1) if rstd is not None else None

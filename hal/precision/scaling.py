@@ -1,5 +1,6 @@
-"""Scaling to FP8, in plain torch: the reference the Triton kernels are tested against, and the path that runs
-wherever they do not (CPU without the interpreter, torch.compile graphs, which inductor fuses itself).
+"""Scaling to FP8 in plain torch, in terms of hal.precision's formats: the reference the Triton kernels are tested
+against, and the path that runs wherever they do not (CPU without the interpreter, torch.compile graphs, which
+inductor fuses itself). The math is hal.kernels.fp8.reference's; this module names it by ``FloatFormat``.
 
 Conventions (the same as torchao's float8 training and ``torch._scaled_mm``):
 
@@ -11,6 +12,8 @@ Conventions (the same as torchao's float8 training and ``torch._scaled_mm``):
   float32: an all-zero tensor gets a finite scale (its FP8 data is all zeros).
 - power-of-two scales (``power_of_2=True``) round ``s`` down to a power of two: scaling and unscaling are then exact
   in binary floating point, and the largest magnitude lands in ``(fmt.max / 2, fmt.max]``.
+- each ``x * s`` is rounded once to FP8, from ``x``'s own dtype (never through a bf16 or float32 rounding of the
+  product first, which would round twice: see hal.kernels.fp8.reference).
 
 Axes: ``axis=None`` is one scale per tensor (tensorwise); ``axis=k`` reduces ``amax`` along dimension ``k`` (kept,
 size 1), one scale per slice: for a matmul operand that is the reduction dimension ("rowwise" scaling).
@@ -27,12 +30,8 @@ from typing import NamedTuple
 import torch
 
 from hal.errors import InvalidInput
+from hal.kernels.fp8 import reference
 from hal.precision.formats import FloatFormat
-
-#: ``s`` never exceeds 2^126, so ``1 / s`` is a normal float32 (smallest normal: 2^-126).
-MAX_SCALE_EXPONENT = 126
-#: The exponent field of a float32 (sign and mantissa cleared).
-EXPONENT_MASK = 0x7F800000
 
 
 class Fp8Tensor(NamedTuple):
@@ -52,16 +51,20 @@ class Fp8Tensor(NamedTuple):
         return (self.data.to(work) * self.scale.to(work)).to(dtype)
 
 
-def amax(x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
-    """max |x| in float32, over the whole tensor (0-d) or along ``axis`` (kept, size 1); NaN propagates."""
-    a = x.detach().abs()
-    out = a.amax() if axis is None else a.amax(dim=axis, keepdim=True)
-    return out.float()
+amax = reference.amax
+round_down_to_power_of_2 = reference.round_down_to_power_of_2
+dequant_scale = reference.dequant_scale
+
+
+def _storage(fmt: FloatFormat) -> torch.dtype:
+    if fmt.dtype is None:
+        raise InvalidInput(f"{fmt.name} has no torch dtype; use hal.precision.blockscaled for block formats")
+    return fmt.dtype
 
 
 def amax_floor(fmt: FloatFormat) -> float:
     """The smallest amax the scale is computed from: fmt.max * 2^-126, so the scale stays <= 2^126."""
-    return fmt.max_value * 2.0**-MAX_SCALE_EXPONENT
+    return reference.amax_floor(_storage(fmt))
 
 
 def amax_to_scale(amax_value: torch.Tensor, fmt: FloatFormat, power_of_2: bool = False) -> torch.Tensor:
@@ -70,36 +73,15 @@ def amax_to_scale(amax_value: torch.Tensor, fmt: FloatFormat, power_of_2: bool =
     Computed in float64 and rounded once to float32, so eager, compiled and Triton paths agree bit for bit.
     An infinite amax gives 0 (the data then dequantises to NaN); a NaN amax gives NaN.
     """
-    a = amax_value.to(torch.float64)
-    a = torch.where(a < amax_floor(fmt), torch.full_like(a, amax_floor(fmt)), a)  # keeps NaN (comparison is False)
-    scale = (fmt.max_value / a).to(torch.float32)
-    return round_down_to_power_of_2(scale) if power_of_2 else scale
-
-
-def round_down_to_power_of_2(scale: torch.Tensor) -> torch.Tensor:
-    """The largest power of two <= ``scale`` (positive normal float32), by clearing the mantissa bits.
-
-    Exact, unlike exp2(floor(log2(s))) on hardware whose log2 is approximate; the Triton kernels do the same.
-    """
-    return (scale.view(torch.int32) & EXPONENT_MASK).view(torch.float32)
-
-
-def dequant_scale(scale: torch.Tensor) -> torch.Tensor:
-    """1 / scale in float32 (IEEE division: the Triton kernels compute the same bits)."""
-    return 1.0 / scale
+    return reference.amax_to_scale(amax_value, _storage(fmt), power_of_2)
 
 
 def cast_saturated(x: torch.Tensor, scale: torch.Tensor, fmt: FloatFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sat(x * scale)`` in ``fmt``'s dtype and the count of finite values that saturated.
+    """``sat(x * scale)`` rounded once to ``fmt``'s dtype and the count of finite values that saturated.
 
-    ``x * scale`` is formed in float32 whatever ``x``'s dtype (a bf16 product would round twice). inf becomes NaN.
+    inf becomes NaN; a finite value whose product overflows float32 saturates (and is counted).
     """
-    y = x.float() * scale
-    limit = fmt.max_value
-    clipped = ((y.abs() > limit) & torch.isfinite(y)).sum(dtype=torch.int32)
-    y = torch.where(torch.isinf(y), torch.full_like(y, float("nan")), y)
-    y = torch.clamp(y, -limit, limit)  # NaN stays NaN
-    return y.to(fmt.dtype), clipped
+    return reference.cast_saturated(x, scale, _storage(fmt))
 
 
 def quantize(x: torch.Tensor, fmt: FloatFormat, axis: int | None = None, power_of_2: bool = False,
@@ -108,11 +90,7 @@ def quantize(x: torch.Tensor, fmt: FloatFormat, axis: int | None = None, power_o
 
     Returns the FP8 data, the dequantisation scale (0-d, or size 1 along ``axis``) and the saturation count.
     """
-    if fmt.dtype is None:
-        raise InvalidInput(f"{fmt.name} has no torch dtype; use hal.precision.blockscaled for block formats")
+    dtype = _storage(fmt)
     if axis is not None and amax_value is not None:
         raise InvalidInput("a given amax (delayed scaling) is per tensor; pass axis=None")
-    a = amax(x, axis) if amax_value is None else amax_value.float()
-    scale = amax_to_scale(a, fmt, power_of_2)
-    data, clipped = cast_saturated(x, scale, fmt)
-    return Fp8Tensor(data, dequant_scale(scale), clipped)
+    return Fp8Tensor(*reference.quantize(x, dtype, axis, power_of_2, amax_value))

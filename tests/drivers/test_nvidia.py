@@ -256,6 +256,42 @@ def test_hopper_h100_shared_memory_is_228_kib_not_164():
     validate(caps.to_dict())
 
 
+def test_hopper_declares_fp8_formats_and_2_4_sparsity():
+    with simulated(H100_SXM):
+        caps = HopperDevice("hopper:0").capabilities
+    validate(caps.to_dict())
+    formats, sparse = caps.sections["formats"], caps.sections["sparsity"]
+    assert set(formats) == {"float8_e4m3fn", "float8_e5m2"}  # no block-scaled formats before Blackwell
+    e4m3 = formats["float8_e4m3fn"]
+    assert e4m3["element"] == "e4m3" and "OFP8" in e4m3["spec"] and "matmul_precision=fp8" in e4m3["in_hal"]
+    assert e4m3["dense_tensor_flop_per_s"] is caps.peak["float8_tensor_flop_per_s"]
+    published = e4m3["datasheet_dense_tensor_flop_per_s"]
+    assert published.kind == "datasheet" and published.value == pytest.approx(1978.9e12)  # H100 SXM: 3,958 sparse
+    assert sparse["pattern"] == "2:4" and sparse["speedup_over_dense"].value == 2
+    assert sparse["speedup_over_dense"].kind == "datasheet" and "whitepaper" in sparse["speedup_over_dense"].source
+    fp8_sparse = sparse["datasheet_sparse_tensor_rates"]["float8_tensor_flop_per_s"]
+    assert fp8_sparse.value == pytest.approx(3957.8e12) and "with sparsity" in fp8_sparse.note
+    assert sparse["datasheet_sparse_tensor_rates"]["bfloat16_tensor_flop_per_s"].value == pytest.approx(1978.8e12)
+    derived = sparse["sparse_tensor_rates"]["bfloat16_tensor_flop_per_s"]
+    assert derived.kind == "derived" and derived.value == pytest.approx(2 * caps.peak["bfloat16_tensor_flop_per_s"].value)
+
+
+def test_blackwell_declares_the_block_scaled_formats():
+    with simulated(B200):
+        caps = BlackwellDevice("blackwell:0").capabilities
+    validate(caps.to_dict())
+    formats = caps.sections["formats"]
+    blocks = {name: (formats[name]["block_size"], formats[name]["scale_format"]) for name in ("mxfp8", "mxfp6", "mxfp4", "nvfp4")}
+    assert blocks == {"mxfp8": (32, "e8m0"), "mxfp6": (32, "e8m0"), "mxfp4": (32, "e8m0"), "nvfp4": (16, "e4m3")}
+    assert "MX" in formats["mxfp8"]["spec"] and "Blackwell" in formats["nvfp4"]["spec"]
+    assert "not verified on Blackwell silicon" in formats["nvfp4"]["in_hal"]
+    assert formats["nvfp4"]["datasheet_dense_tensor_flop_per_s"].value == pytest.approx(9e15)  # HGX B200: 18 PF sparse
+    assert formats["mxfp8"]["dense_tensor_flop_per_s"].value == pytest.approx(caps.peak["float8_tensor_flop_per_s"].value)
+    published = caps.sections["sparsity"]["datasheet_sparse_tensor_rates"]
+    assert published["float4_tensor_flop_per_s"].value == pytest.approx(18e15)
+    assert published["float8_tensor_flop_per_s"].value == pytest.approx(9e15)
+
+
 def test_h200_memory_and_bandwidth():
     with simulated(H200):
         caps = HopperDevice("hopper:0").capabilities
@@ -272,6 +308,7 @@ def test_generic_cuda_gpu_has_no_invented_rates():
     validate(caps.to_dict())
     assert set(caps.peak) == {"memory_bandwidth_b_per_s"}
     assert caps.sections["gpu"].tensor_core_dtypes == ()
+    assert "formats" not in caps.sections and "sparsity" not in caps.sections  # no table entry: nothing claimed
     assert any("no per-SM rate table" in n for n in caps.notes)
     assert device.estimate(OpSpec("add", [torch.empty(1024), torch.empty(1024)])).latency_s > 0
 
@@ -472,8 +509,43 @@ def test_fp8_scale_maps_amax_to_the_largest_e4m3_value():
     q, scale = matmul.fp8_quantize(t)
     assert float(scale) == pytest.approx(3.0 / 448)
     assert float(q.float().abs().max()) == 448
-    zeros, one = matmul.fp8_quantize(torch.zeros(2, 2))
-    assert float(one) == 1.0 and not bool(zeros.float().any())
+    zeros, tiny = matmul.fp8_quantize(torch.zeros(2, 2))  # amax floored: a finite scale, all-zero data
+    assert 0 < float(tiny) < 1e-37 and not bool(zeros.float().any())
+
+
+def _nearest_e4m3(exact: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded e4m3 value of exact float64 values (nearest, ties to the even code, saturated)."""
+    grid = torch.arange(0, 0x7F, dtype=torch.uint8).view(torch.float8_e4m3fn).double()
+    mag = exact.abs()
+    idx = torch.searchsorted(grid, mag).clamp(1, len(grid) - 1)
+    below, above = grid[idx - 1], grid[idx]
+    up = (above - mag < mag - below) | ((above - mag == mag - below) & (idx % 2 == 0))
+    return torch.where(mag >= grid[-1], grid[-1], torch.where(up, above, below)) * exact.sign()
+
+
+def test_fp8_quantize_rounds_bf16_once():
+    # every bf16 value from 2^-12 (below, all round to 0 or the first subnormals) up to the amax 768 (448 / 768 is not a
+    # power of two); x = 0.01171875 is one where rounding the product to float32 first lands on an e4m3 midpoint, and
+    # rounding it to bf16 first (the old path) misrounded 65 of these 2,753 values
+    values = torch.arange(0, 0x7F80, dtype=torch.int16).view(torch.bfloat16)
+    values = values[(values.float() >= 2.0**-12) & (values.float() <= 768.0)]
+    x = torch.cat([values, -values]).reshape(2, -1)
+    q, scale = matmul.fp8_quantize(x)
+    s = torch.tensor(448.0 / 768.0, dtype=torch.float64).float()  # 448 / amax in float64, rounded once
+    assert torch.equal(scale, 1.0 / s)
+    assert torch.equal(q.double(), _nearest_e4m3(x.double() * s.double()))  # bf16 x float32 is exact in float64
+    case = torch.tensor([[768.0, 0.01171875]], dtype=torch.bfloat16)
+    assert float(matmul.fp8_quantize(case)[0][0, 1].float()) == 0.005859375  # 3 * 2^-9; two roundings: 2^-7
+
+
+def test_fp8_operands_are_written_into_zero_padded_buffers():
+    gen = torch.Generator().manual_seed(3)
+    b = torch.randn(37, 21, generator=gen)
+    weight = matmul.Fp8Weight(b)
+    assert weight.data.shape == (48, 32) and weight.data.stride() == (1, 48)  # column-major, padded to 16
+    q, scale = matmul.fp8_quantize(b)
+    assert torch.equal(weight.data[:37, :21].view(torch.uint8), q.view(torch.uint8)) and torch.equal(weight.scale, scale)
+    assert not weight.data.view(torch.uint8)[37:].any() and not weight.data.view(torch.uint8)[:, 21:].any()
 
 
 def test_float32_mode_restores_the_process_setting():
@@ -512,3 +584,28 @@ def test_cli_query_and_watch_on_a_simulated_b200(monkeypatch):
     assert document["sections"]["gpu"]["sm_count"]["value"] == 148
     assert watch.exit_code == 0, watch.output
     assert "power_w" in watch.output and "72.0" in watch.output
+
+
+def test_cli_query_shows_a_hoppers_formats_and_sparsity(monkeypatch):
+    from typer.testing import CliRunner
+
+    from hal import registry
+    from hal.cli import app
+
+    monkeypatch.setattr(registry, "_probed", {})
+    with simulated(H200):
+        try:
+            result = CliRunner().invoke(app, ["query", "hopper:0"], env={"COLUMNS": "300"})
+        finally:
+            opened = registry._open.get("hopper:0")
+            if opened is not None:
+                opened.close()
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    heads = {line.rstrip().rsplit(" ", 1)[-1]: i for i, line in enumerate(lines) if line.rstrip().endswith((" formats", " sparsity"))}
+    formats = "\n".join(lines[heads["formats"]:heads["sparsity"]])  # the two sections of the tree, in this order
+    assert "float8_e4m3fn" in formats and "float8_e5m2" in formats and "mxfp8" not in formats
+    assert "datasheet_dense_tensor_flop_per_s: 1.979e+15 flop/s" in formats and "H200" in formats
+    sparsity = "\n".join(lines[heads["sparsity"]:])
+    assert "pattern: 2:4" in sparsity and "speedup_over_dense: 2 x dense" in sparsity
+    assert "float8_tensor_flop_per_s: 3.958e+15 flop/s" in sparsity and "with sparsity" in sparsity

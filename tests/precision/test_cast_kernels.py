@@ -1,4 +1,4 @@
-"""hal.precision.cast_kernels through hal.precision.cast.quantize_2d: the Triton kernels give the torch path's bits.
+"""hal.kernels.fp8 through hal.precision.cast.quantize_2d: the Triton kernels give the torch path's bits.
 
 On a CPU they run in Triton's interpreter (tests/precision/conftest.py turns it on), where the final rounding to FP8
 is hal's software encoder; on a GPU (pytest -m gpu elsewhere) the hardware conversion runs the same checks.

@@ -1,5 +1,9 @@
 """A detected GPU's capabilities: facts as read, peak rates derived from them, datasheet figures beside them.
 
+Besides the ``gpu`` section, ``formats`` lists the low-precision formats the tensor cores multiply (element, how the
+scales are applied, the defining document, the hal path that uses it, the dense rate derived and from the datasheet)
+and ``sparsity`` the 2:4 structured sparsity (pattern, speedup over dense, the sparse rates per format).
+
 Pure function of the detection result (no torch, no CUDA context), so the capability output of a Blackwell or
 Hopper GPU is testable on a machine without one, through simulated NVML/CUDA answers.
 """
@@ -8,7 +12,14 @@ from __future__ import annotations
 
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
 from hal.capability.gpu import GpuInterconnect, GpuSection
-from hal.drivers.nvidia.architectures import TRANSFERS_PER_MEMORY_CLOCK, Architecture, architecture_for, product_sheet
+from hal.drivers.nvidia.architectures import (
+    TRANSFERS_PER_MEMORY_CLOCK,
+    Architecture,
+    ProductSheet,
+    architecture_for,
+    product_sheet,
+    rate_name,
+)
 from hal.drivers.nvidia.detect import DetectedGpu, Detection
 from hal.drivers.nvidia.nvml import NvmlGpu
 
@@ -59,11 +70,52 @@ def datasheet_figures(name: str) -> dict[str, Figure]:
     sheet = product_sheet(name)
     if sheet is None:
         return {}
-    figures = {f"{dtype}_tensor_{'op' if dtype == 'int8' else 'flop'}_per_s": Figure.datasheet(tflops * 1e12, "flop/s", sheet.document) for dtype, tflops in sheet.dense_tflops.items()}
+    figures = {rate_name(dtype): Figure.datasheet(tflops * 1e12, _unit(rate_name(dtype)), sheet.document) for dtype, tflops in sheet.dense_tflops.items()}
     figures["memory_bandwidth_b_per_s"] = Figure.datasheet(sheet.memory_bandwidth_tb_per_s * 1e12, "B/s", sheet.document)
     figures["memory_bytes"] = Figure.datasheet(sheet.memory_gb * 1e9, "B", sheet.document)
     figures["max_power_w"] = Figure.datasheet(sheet.max_power_w, "W", sheet.document)
     return figures
+
+
+def formats_section(arch: Architecture, peaks: dict[str, Figure], sheet: ProductSheet | None) -> dict[str, dict]:
+    """``sections["formats"]``: per low-precision format of the architecture, what it is and its dense rate (derived
+    from the per-SM table, and the product's datasheet figure where hal knows the product)."""
+    section = {}
+    for fmt in arch.formats:
+        entry: dict = {"element": fmt.element, "scaling": fmt.scaling, "spec": fmt.spec, "in_hal": fmt.in_hal}
+        if fmt.block_size is not None:
+            entry["block_size"] = fmt.block_size
+            entry["scale_format"] = fmt.scale_format
+        derived = peaks.get(rate_name(fmt.rate))
+        if derived is not None:
+            entry["dense_tensor_flop_per_s"] = derived
+        if sheet is not None and fmt.rate in sheet.dense_tflops:
+            entry["datasheet_dense_tensor_flop_per_s"] = Figure.datasheet(sheet.dense_tflops[fmt.rate] * 1e12, "flop/s", sheet.document)
+        if derived is None and (sheet is None or fmt.rate not in sheet.dense_tflops):
+            entry["rate"] = f"not tabulated by hal for this product ({arch.rates_source})"
+        section[fmt.name] = entry
+    return section
+
+
+def sparsity_section(arch: Architecture, peaks: dict[str, Figure], sheet: ProductSheet | None) -> dict:
+    """``sections["sparsity"]``: the structured-sparsity pattern, its speedup over dense and the sparse tensor rates
+    (``speedup`` x the derived dense peak, and x the datasheet's dense figure: the datasheet's own sparse figure)."""
+    sparse = arch.sparsity
+    speedup = Figure.datasheet(sparse.speedup, "x dense", sparse.source)
+    section: dict = {"pattern": sparse.pattern, "operand": "one operand (the weight): at most 2 non-zero values in every "
+                     "4 consecutive ones along K", "speedup_over_dense": speedup, "in_hal": sparse.in_hal}
+    derived, published = {}, {}
+    for rate in sparse.rates:
+        name = rate_name(rate)
+        if name in peaks:
+            derived[name] = Figure.derived(sparse.speedup * peaks[name].value, _unit(name), f"speedup_over_dense * dense {name} = {sparse.speedup:g} * {peaks[name].value:.4g}")
+        if sheet is not None and rate in sheet.dense_tflops:
+            published[name] = Figure.datasheet(sparse.speedup * sheet.dense_tflops[rate] * 1e12, _unit(name), sheet.document, note="the datasheet's figure 'with sparsity'")
+    if derived:
+        section["sparse_tensor_rates"] = derived
+    if published:
+        section["datasheet_sparse_tensor_rates"] = published
+    return section
 
 
 def _nvml_figure(value: int | None, unit: str, function: str) -> Figure | None:
@@ -126,6 +178,15 @@ def gpu_section(gpu: DetectedGpu, detection: Detection, arch: Architecture | Non
     )
 
 
+def _sections(gpu: GpuSection, arch: Architecture | None, peaks: dict[str, Figure], sheet: ProductSheet | None) -> dict:
+    sections: dict = {"gpu": gpu}
+    if arch is not None and arch.formats:
+        sections["formats"] = formats_section(arch, peaks, sheet)
+    if arch is not None and arch.sparsity is not None:
+        sections["sparsity"] = sparsity_section(arch, peaks, sheet)
+    return sections
+
+
 def build_capabilities(uri: str, kind: str, gpu: DetectedGpu, detection: Detection, ops: dict[str, OpSupport], notes: list[str]) -> Capabilities:
     """Everything ``hal query`` shows about ``gpu`` opened as ``kind`` (its family's, or ``cuda`` for any GPU);
     ``ops`` and ``notes`` come from the driver (they depend on options)."""
@@ -163,6 +224,6 @@ def build_capabilities(uri: str, kind: str, gpu: DetectedGpu, detection: Detecti
         memory_bytes=Figure.measured(memory, "B", "NVML nvmlDeviceGetMemoryInfo total" if gpu.nvml else "cuDeviceTotalMem"),
         peak=peaks,
         energy=energy,
-        sections={"gpu": section},
+        sections=_sections(section, arch, peaks, product_sheet(gpu.name)),
         notes=all_notes,
     )

@@ -5,9 +5,11 @@
 - ``tf32``: float32 operands go through the tensor cores as TF32 (10-bit mantissa), float32 accumulation.
 - ``bf16`` / ``fp16``: operands are rounded to bfloat16 / float16 (weights once, at prepare time), products
   accumulate in float32, the result is returned in the inputs' dtype.
-- ``fp8``: operands are scaled per tensor to the e4m3 range (scale = amax / 448: weights once at prepare, inputs
-  on every call), multiplied with ``torch._scaled_mm`` (fp8 tensor cores, float32 accumulation) and unscaled by
-  the same call. Only matmul and linear have an fp8 path; conv2d runs in bf16 under this policy.
+- ``fp8``: operands are scaled per tensor to the e4m3 range (quantisation scale 448 / amax: weights once at prepare,
+  inputs on every call) by hal.kernels.fp8 (on the GPU its Triton kernel: an amax pass and a cast pass writing
+  straight into the zero-padded operand ``torch._scaled_mm`` reads; the torch reference inside compiled graphs),
+  multiplied with ``torch._scaled_mm`` (fp8 tensor cores, float32 accumulation) and unscaled by the same call.
+  Only matmul and linear have an fp8 path; conv2d runs in bf16 under this policy.
 
 The result always has the inputs' dtype, so a policy changes speed and error, never the program's interface.
 
@@ -25,9 +27,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from hal.kernels import fp8 as fp8_cast
+
 PRECISIONS = ("native", "tf32", "bf16", "fp16", "fp8")
 FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max  # 448
 #: torch._scaled_mm wants both operand dimensions (K, N) and the rows of A padded to multiples of 16.
 FP8_ALIGNMENT = 16
 
@@ -103,27 +106,30 @@ def float32_mode(tf32: bool) -> Iterator[None]:
 # --------------------------------------------------------------------------- fp8
 
 
-def fp8_quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor scaling to e4m3: returns (t / scale as float8_e4m3fn, scale as a float32 0-d tensor).
+def fp8_quantize(t: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor dynamic scaling of the 2-D ``t`` to e4m3: (data, dequantisation scale as a float32 0-d tensor),
+    ``t ~= data * scale``.
 
-    scale = amax(|t|) / 448, so the largest magnitude lands on the largest e4m3 value and nothing saturates;
-    an all-zero tensor gets scale 1. Three passes over a bf16/float32 ``t``: min/max, scale, cast (no float32
-    copy); float16 and float64 are scaled in float32 (1/scale can overflow float16).
+    The quantisation scale is 448 / amax(|t|) (float64 division rounded once to float32; amax floored at
+    448 * 2^-126, so an all-zero tensor keeps a finite scale), so the largest magnitude lands on the largest e4m3
+    value and nothing saturates. Each ``t * s`` is rounded once to e4m3 from ``t``'s own dtype. ``out``: an e4m3
+    tensor of ``t``'s shape to write into (any strides: a view into a zero-padded buffer); a new one otherwise.
     """
-    low, high = torch.aminmax(t.detach())
-    amax = torch.maximum(-low, high).float()
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    work = t if t.dtype in (torch.bfloat16, torch.float32) else t.float()
-    return torch.mul(work, (1 / scale).to(work.dtype)).to(FP8), scale
-
-
-def _pad_to(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    pad_rows, pad_cols = rows - t.shape[0], cols - t.shape[1]
-    return F.pad(t, (0, pad_cols, 0, pad_rows)) if pad_rows or pad_cols else t
+    out = torch.empty(t.shape, dtype=FP8, device=t.device) if out is None else out
+    scale, _ = fp8_cast.quantize_into(t.detach(), out)
+    return out, scale
 
 
 def _aligned(n: int) -> int:
     return -(-n // FP8_ALIGNMENT) * FP8_ALIGNMENT
+
+
+def _operand_buffer(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """An e4m3 (rows, cols) buffer padded to multiples of 16, the padding zero (it leaves the product unchanged)."""
+    shape = (_aligned(rows), _aligned(cols))
+    if shape == (rows, cols):
+        return torch.empty(shape, dtype=FP8, device=device)
+    return torch.zeros(shape, dtype=torch.uint8, device=device).view(FP8)
 
 
 class Fp8Weight:
@@ -131,15 +137,16 @@ class Fp8Weight:
 
     def __init__(self, b: torch.Tensor):
         self.k, self.n = b.shape
-        q, self.scale = fp8_quantize(b)
-        # (K, N) column-major == the transpose of a row-major (N, K); zero padding leaves the product unchanged
-        self.data = _pad_to(q.t().contiguous(), _aligned(self.n), _aligned(self.k)).t()
+        # (K, N) column-major == the transpose of a row-major (N, K): the cast writes b's transpose view of it
+        rows = _operand_buffer(self.n, self.k, b.device)
+        _, self.scale = fp8_quantize(b, out=rows[: self.n, : self.k].t())
+        self.data = rows.t()
 
     def left_multiply(self, a: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         """a (M, K) @ this, in ``out_dtype`` (bf16, fp16 or float32)."""
         m = a.shape[0]
-        qa, scale_a = fp8_quantize(a)
-        qa = _pad_to(qa, _aligned(m), _aligned(self.k))
+        qa = _operand_buffer(m, self.k, a.device)
+        _, scale_a = fp8_quantize(a, out=qa[:m, : self.k])
         out = torch._scaled_mm(qa, self.data, scale_a=scale_a, scale_b=self.scale, out_dtype=out_dtype)
         return out[:m, : self.n]
 

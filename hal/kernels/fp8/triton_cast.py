@@ -12,11 +12,13 @@ One kernel, specialised by two compile-time switches:
 
 The tensor is seen as (n_o, n_r): ``r`` is the reduced axis (the scale is shared along it), ``o`` the kept one;
 strides make any 2-D layout and either axis work, and the FP8 output can be written row-major, column-major or both
-in the same pass (the layouts ``torch._scaled_mm`` wants for the forward and the two backward products).
+in the same pass (the layouts ``torch._scaled_mm`` wants for the forward and the two backward products), or into a
+view of a larger, zero-padded buffer.
 
 Each program owns BLOCK_O slices and walks the reduced axis BLOCK_R at a time. The scale math is the same as
-``hal.precision.scaling`` (float64 division, power-of-two rounding by clearing mantissa bits, IEEE reciprocal), so
-the kernels and the torch path agree bit for bit.
+``hal.kernels.fp8.reference`` (float64 division, power-of-two rounding by clearing mantissa bits, IEEE reciprocal),
+and so is the rounding: each ``x * s`` is rounded once to FP8, as the float32 product rounded to odd (its exact error
+from an FMA) and then to nearest even, so the kernels and the torch path agree bit for bit.
 
 Under ``TRITON_INTERPRET=1`` the final rounding to FP8 is done in software (``SOFT_CAST``): Triton 3.9's interpreter
 casts wrongly when rounding carries into the next binade (126 -> 64 instead of 128 in E4M3) and turns NaN into 384.
@@ -25,21 +27,16 @@ On a GPU the hardware conversion (round to nearest even) runs.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from hal.kernels.fp8.backend import interpreting
 
 IDENTITY, SILU_MUL, RMSNORM = 0, 1, 2
 MODE_AMAX, MODE_CAST, MODE_ROWWISE = 0, 1, 2
 #: 1.5 * 2^23: adding and subtracting it rounds a float32 of magnitude < 2^22 to an integer, half to even.
 ROUND_MAGIC = 12582912.0
-
-
-def interpreting() -> bool:
-    """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -107,9 +104,21 @@ def _magnitude(y):
 
 
 @triton.jit
-def _saturate(y, FMAX: tl.constexpr):
-    """inf -> NaN, finite beyond +-FMAX -> +-FMAX, NaN kept (comparisons with NaN are false)."""
-    y = tl.where(tl.abs(y) == float("inf"), float("nan"), y)
+def _round_to_odd(hi, lo):
+    """The float32 neighbour of the exact hi + lo with an odd last bit when lo is not 0, else hi (zero, inf and NaN
+    kept): rounded on to FP8 to nearest even, this is one rounding of the exact value."""
+    bits = hi.to(tl.int32, bitcast=True)
+    inexact = (lo != 0.0) & (tl.abs(hi) < float("inf")) & (hi != 0.0) & ((bits & 1) == 0)
+    away_from_zero = (lo > 0.0) == (hi > 0.0)
+    bits = tl.where(inexact, tl.where(away_from_zero, bits + 1, bits - 1), bits)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _saturate(y, poisoned, FMAX: tl.constexpr):
+    """NaN where the input or its scale was not finite, beyond +-FMAX -> +-FMAX (a float32 overflow of a finite
+    input too), NaN kept (comparisons with NaN are false)."""
+    y = tl.where(poisoned, float("nan"), y)
     return tl.where(y > FMAX, FMAX, tl.where(y < -FMAX, -FMAX, y))
 
 
@@ -160,6 +169,7 @@ def quantize_kernel(
                 running = tl.maximum(running, tl.max(tl.where(m, _magnitude(y), 0.0), axis=0))
             scale = _scale_from_amax(running, FMAX, FLOOR, POW2)
             tl.store(scale_out_ptr + offs_o, tl.math.div_rn(1.0, scale), mask=mask_o)
+        scale_bad = (scale != scale) | (tl.abs(scale) == float("inf"))  # a NaN amax's power-of-two scale is inf
         clipped = tl.zeros([BLOCK_O], dtype=tl.int32)
         seen = tl.zeros([BLOCK_O], dtype=tl.float32)
         for start in range(0, n_r, BLOCK_R):
@@ -168,10 +178,12 @@ def quantize_kernel(
             y = _op_tile(x_ptr, x2_ptr, nw_ptr, rstd, offs_r, offs_o, m, n_r, sx_o, sx_r, s2_o, s2_r, OP)
             if AMAX_OUT:
                 seen = tl.maximum(seen, tl.max(tl.where(m, _magnitude(y), 0.0), axis=0))
-            y = y * scale[None, :]
-            over = (tl.abs(y) > FMAX) & (tl.abs(y) != float("inf")) & m
+            poisoned = (tl.abs(y) == float("inf")) | scale_bad[None, :]
+            hi = y * scale[None, :]
+            lo = tl.fma(y, scale[None, :], -hi)  # the exact error of the float32 product
+            over = (tl.abs(hi) > FMAX) & (tl.abs(y) != float("inf")) & m
             clipped += tl.sum(over.to(tl.int32), axis=0)
-            y = _saturate(y, FMAX)
+            y = _saturate(_round_to_odd(hi, lo), poisoned, FMAX)
             if WRITE_ROW:
                 _store_fp8(y, out_row_ptr, offs_r, offs_o, m, sr_o, sr_r, SOFT_CAST, MANT, BIAS, SUB_INV)
             if WRITE_COL:
@@ -197,7 +209,7 @@ def launch(x: torch.Tensor, *, op: int, mode: int, fmt_max: float, amax_floor: f
            rstd_out: torch.Tensor | None = None, eps: float = 0.0) -> None:
     """Run quantize_kernel over the 2-D ``x``, reducing along ``reduce_dim`` (0 or 1); see the module docstring.
 
-    The callers in hal.precision.cast allocate the outputs; this function only maps tensors to pointers and strides.
+    The callers (hal.kernels.fp8.cast) allocate the outputs; this function only maps tensors to pointers and strides.
     """
     n_r, n_o = x.shape[reduce_dim], x.shape[1 - reduce_dim]
 
