@@ -4,13 +4,19 @@ Each tile is EMPTY (no pair attends: skipped), PARTIAL (the kernel evaluates the
 no mask work). Kernels never scan the map; they walk compressed index lists, as FlexAttention's BlockMask does:
 for every query tile the key tiles that are partial, then those that are full (and the transpose, for the backward
 pass that walks query tiles per key tile). A sliding window therefore costs O(S·W), not O(S²).
+
+The mask is evaluated once per shape, at a fine granularity (:data:`FINE_TILE` positions); the states of every
+tile size that granularity divides are reduced from it (a tile is full when all its sub-tiles are, empty when all
+are), so the cost model and the kernels' several tile sizes cost one O(S_q·S_kv) evaluation, not one each.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .expr import evaluate
 from .patterns import Pattern
@@ -19,6 +25,9 @@ EMPTY, PARTIAL, FULL = 0, 1, 2
 
 # Elements of the boolean mask evaluated at once while building a map (bounds peak memory, about 64 MiB of bools).
 _CHUNK_ELEMENTS = 1 << 26
+
+# Positions per side of the tiles the mask is evaluated at; every candidate tile of configs.py is a multiple of it.
+FINE_TILE = 32
 
 
 @dataclass(frozen=True)
@@ -92,22 +101,72 @@ def tile_states(pattern: Pattern, batch: int, heads: int, seq_q: int, seq_kv: in
     return states
 
 
+def coarsen(states: torch.Tensor, factor_m: int, factor_n: int, q_tiles: int, kv_tiles: int) -> torch.Tensor:
+    """Tile states of ``factor_m x factor_n`` times larger tiles: full if every sub-tile is, empty if every one is.
+
+    ``q_tiles`` / ``kv_tiles`` are the coarse counts; sub-tiles past the fine map's edge count as empty (they hold
+    only padding positions), exactly as :func:`tile_states` treats padding.
+    """
+    if factor_m == factor_n == 1:
+        return states
+    pad_q = q_tiles * factor_m - states.shape[2]
+    pad_kv = kv_tiles * factor_n - states.shape[3]
+    padded = F.pad(states, (0, pad_kv, 0, pad_q), value=EMPTY)
+    blocks = padded.view(*states.shape[:2], q_tiles, factor_m, kv_tiles, factor_n)
+    all_full = (blocks == FULL).all(dim=5).all(dim=3)
+    any_set = (blocks != EMPTY).any(dim=5).any(dim=3)
+    return torch.where(all_full, FULL, torch.where(any_set, PARTIAL, EMPTY)).to(torch.int8)
+
+
+def lists_of(states: torch.Tensor) -> tuple[TileLists, TileLists]:
+    """The (by query tile, by key tile) lists of a states tensor ``(map_b, map_h, q_tiles, kv_tiles)``."""
+    return _lists(states), _lists(states.transpose(-1, -2).contiguous())
+
+
 def build_block_map(pattern: Pattern, batch: int, heads: int, seq_q: int, seq_kv: int, block_m: int,
                     block_n: int, device: torch.device) -> BlockMap:
     states = tile_states(pattern, batch, heads, seq_q, seq_kv, block_m, block_n, device)
-    return BlockMap(block_m, block_n, states, _lists(states), _lists(states.transpose(-1, -2).contiguous()))
+    return BlockMap(block_m, block_n, states, *lists_of(states))
+
+
+def _fine_size(block: int) -> int:
+    return math.gcd(block, FINE_TILE)
 
 
 class BlockMapCache:
-    """Block maps keyed by pattern structure + tensor contents + shapes + tile sizes + device."""
+    """Block maps keyed by pattern structure + tensor contents + shapes + tile sizes + device.
+
+    Tile states are reduced from one fine evaluation per (pattern, shape, device) (see :func:`coarsen`); the
+    lists of a tile size are built when a kernel first asks for that size.
+    """
 
     def __init__(self) -> None:
         self._maps: dict[tuple, BlockMap] = {}
+        self._states: dict[tuple, torch.Tensor] = {}
+
+    def _shape_key(self, pattern: Pattern, batch: int, heads: int, seq_q: int, seq_kv: int,
+                   device: torch.device) -> tuple:
+        return (pattern.key(), batch if pattern.depends_on_batch() else 1, heads if pattern.depends_on_head() else 1,
+                seq_q, seq_kv, str(device))
+
+    def states(self, pattern: Pattern, batch: int, heads: int, seq_q: int, seq_kv: int, block_m: int, block_n: int,
+               device: torch.device) -> torch.Tensor:
+        """Tile states ``(map_b, map_h, q_tiles, kv_tiles)`` at ``block_m x block_n`` (no lists built)."""
+        shape = self._shape_key(pattern, batch, heads, seq_q, seq_kv, device)
+        key = (*shape, block_m, block_n)
+        if key not in self._states:
+            fine_m, fine_n = _fine_size(block_m), _fine_size(block_n)
+            fine_key = (*shape, fine_m, fine_n)
+            if fine_key not in self._states:
+                self._states[fine_key] = tile_states(pattern, batch, heads, seq_q, seq_kv, fine_m, fine_n, device)
+            self._states[key] = coarsen(self._states[fine_key], block_m // fine_m, block_n // fine_n,
+                                        -(-seq_q // block_m), -(-seq_kv // block_n))
+        return self._states[key]
 
     def get(self, pattern: Pattern, batch: int, heads: int, seq_q: int, seq_kv: int, block_m: int, block_n: int,
             device: torch.device) -> BlockMap:
-        key = (pattern.key(), batch if pattern.depends_on_batch() else 1, heads if pattern.depends_on_head() else 1,
-               seq_q, seq_kv, block_m, block_n, str(device))
+        key = (*self._shape_key(pattern, batch, heads, seq_q, seq_kv, device), block_m, block_n)
         if key not in self._maps:
-            self._maps[key] = build_block_map(pattern, batch, heads, seq_q, seq_kv, block_m, block_n, device)
+            states = self.states(pattern, batch, heads, seq_q, seq_kv, block_m, block_n, device)
+            self._maps[key] = BlockMap(block_m, block_n, states, *lists_of(states))
         return self._maps[key]

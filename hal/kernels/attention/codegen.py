@@ -5,8 +5,8 @@ The pattern's mask, its score modification and that modification's derivative ar
 :mod:`.triton_fwd` and :mod:`.triton_bwd`; Triton inlines them, so the mask is fused into the attention loop.
 The Hopper forward kernel of :mod:`.gluon_fwd` gets its own module with ``@gluon.jit`` copies of ``_mask`` and
 ``_score`` (Gluon functions call only Gluon functions).
-Triton's JIT reads a function's source with ``inspect``, so the module is written to a file (in a per-process
-temporary folder) and imported from there. Modules are cached by the source text itself.
+Triton's JIT reads a function's source with ``inspect``, so the module is written to a file named by its content
+(in hal's cache dir, see :mod:`.disk_cache`) and imported from there. Modules are cached by the source text itself.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 from types import ModuleType
 
+from .disk_cache import module_file
 from .expr import Expr, const, d_dscore, to_triton, var
 from .gluon_fwd import GLUON_FORWARD_SOURCE, GLUON_PINGPONG_SOURCE
 from .triton_bwd import BACKWARD_SOURCE
@@ -105,7 +105,6 @@ def _sigmoid(x):
 _NAMES = {"b": "b", "h": "h", "q_idx": "q_idx", "kv_idx": "kv_idx", "score": "score"}
 
 _modules: dict[str, ModuleType] = {}
-_folder: str | None = None
 
 
 def _function(name: str, params: str, expr: Expr, targs: str, lang: str = "tl") -> str:
@@ -152,20 +151,16 @@ def gluon_module_source(mask: Expr, score: Expr | None, n_tensors: int) -> str:
 
 
 def load_module(source: str) -> ModuleType:
-    """Write ``source`` to a file once per process and import it (cached by content)."""
-    global _folder
+    """Write ``source`` to its file (once) and import it; cached by content and interpreter mode."""
     # the interpreter flag is read when @triton.jit runs, so a module loaded under it is a different module
     mode = os.environ.get("TRITON_INTERPRET", "0")
-    digest = hashlib.sha1(f"{mode}\n{source}".encode()).hexdigest()[:20]
-    if digest in _modules:
-        return _modules[digest]
-    if _folder is None:
-        _folder = tempfile.mkdtemp(prefix="hal_attention_")
-    path = os.path.join(_folder, f"attention_{digest}.py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(f"hal_attention_{digest}", path)
+    name = hashlib.sha1(source.encode()).hexdigest()[:20]
+    key = f"{mode}:{name}"
+    if key in _modules:
+        return _modules[key]
+    path = module_file(f"attention_{name}.py", source)
+    spec = importlib.util.spec_from_file_location(f"hal_attention_{mode}_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    _modules[digest] = module
+    _modules[key] = module
     return module

@@ -7,6 +7,10 @@ are cached by what the pattern *is*, not by which Python object it is.
 
 Index conventions follow FlexAttention: ``q_idx`` and ``kv_idx`` are absolute positions, ``causal`` is
 ``q_idx >= kv_idx``.
+
+:func:`topk_blocks` is the one pattern that depends on the inputs' content (which key blocks each query block
+attends to is chosen per call); it combines with static patterns by ``&`` only and compiles to
+:class:`~hal.kernels.attention.dynamic.DynamicSparseAttention`.
 """
 
 from __future__ import annotations
@@ -86,6 +90,11 @@ class Pattern:
         return (self.mask.key(), self._tensors.fingerprints)
 
     def _combine(self, other: Pattern, op: str, sym: str) -> Pattern:
+        if isinstance(other, TopKBlocks):
+            if op == "and":
+                return other & self
+            raise PatternError(f"{self.name} {sym} {other.name}: a top-k block selection combines with static "
+                               "patterns by & only (it narrows them); build the union as a static pattern first")
         if not isinstance(other, Pattern):
             raise PatternError(f"patterns combine with other patterns only, not {type(other).__name__}")
         shifted = shift_slots(other.mask, len(self.tensors))
@@ -108,6 +117,66 @@ class Pattern:
 
     def __repr__(self) -> str:
         return f"Pattern({self.name})"
+
+
+class TopKBlocks:
+    """Dynamic block sparsity: each query block attends to the ``k`` key blocks its content scores highest against.
+
+    The sequence is cut into blocks of ``block`` positions. For query block ``i`` and key block ``j`` the score is
+    ``mean(q over block i) · mean(k over block j)`` (per head; with GQA the KV head of the group), the block-level
+    selection of MoBA (Lu et al. 2025, arXiv:2502.13189) and NSA's selected branch (Yuan et al. 2025,
+    arXiv:2502.11089). Only blocks the static ``base`` pattern reaches (any pair of the two blocks allowed) are
+    eligible; a query block always keeps its own block ``j = i`` when eligible (it counts towards ``k``), then the
+    highest scores, ties to the lower index. Within the chosen blocks ``base`` masks as usual: with ``causal()`` the
+    own block is causal inside. Fewer than ``k`` eligible blocks: all of them.
+
+    The selection is not differentiable: gradients flow through the attention over the chosen blocks only.
+    """
+
+    def __init__(self, k: int, block: int, base: Pattern | None = None) -> None:
+        _positive("k", k)
+        _positive("block", block)
+        if block < 16 or block & (block - 1):
+            raise PatternError(f"topk_blocks block must be a power of two of at least 16 (the kernels' tiles divide "
+                               f"it), got {block}")
+        if base is not None and not isinstance(base, Pattern):
+            raise PatternError(f"topk_blocks combines with static patterns only, not {type(base).__name__}")
+        self.k = k
+        self.block = block
+        self.base = base
+
+    @property
+    def static(self) -> Pattern:
+        """The static pattern that masks inside the chosen blocks (dense when none was combined)."""
+        return self.base if self.base is not None else full()
+
+    @property
+    def name(self) -> str:
+        own = f"topk_blocks(k={self.k}, block={self.block})"
+        return own if self.base is None else f"({own} & {self.base.name})"
+
+    def key(self) -> tuple:
+        return ("topk_blocks", self.k, self.block, self.base.key() if self.base is not None else None)
+
+    def __and__(self, other: Pattern) -> TopKBlocks:
+        if isinstance(other, TopKBlocks):
+            raise PatternError("two top-k block selections cannot be combined; use one with the larger k")
+        if not isinstance(other, Pattern):
+            raise PatternError(f"patterns combine with other patterns only, not {type(other).__name__}")
+        return TopKBlocks(self.k, self.block, other if self.base is None else self.base & other)
+
+    __rand__ = __and__
+
+    def __or__(self, other: object) -> TopKBlocks:
+        raise PatternError(f"{self.name} | ...: a top-k block selection combines with static patterns by & only")
+
+    __ror__ = __or__
+
+    def __invert__(self) -> TopKBlocks:
+        raise PatternError(f"~{self.name}: a top-k block selection cannot be inverted")
+
+    def __repr__(self) -> str:
+        return f"TopKBlocks({self.name})"
 
 
 class ScoreMod:
@@ -232,6 +301,14 @@ def block_sparse(layout: torch.Tensor, block_size: int) -> Pattern:
     if layout.dim() == 3:
         idx = H * (nq * nk) + idx
     return Pattern(load(0, idx, "b"), (layout != 0,), name=f"block_sparse({nq}x{nk}, {block_size})")
+
+
+def topk_blocks(k: int = 16, block: int = 64) -> TopKBlocks:
+    """Each query block attends to ``k`` key blocks of ``block`` positions chosen from pooled q/k (see TopKBlocks).
+
+    ``topk_blocks(16, 64) & causal()``: causal MoBA-style attention, at most 16 x 64 = 1024 keys per query.
+    """
+    return TopKBlocks(k, block)
 
 
 def from_mask_mod(mask_mod: Callable[..., object]) -> Pattern:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from .expr import evaluate
-from .patterns import Pattern, ScoreMod
+from .patterns import Pattern, ScoreMod, TopKBlocks
 
 
 def _grids(batch: int, heads: int, seq_q: int, seq_kv: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -69,3 +69,42 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     probs = torch.exp(safe - lse).masked_fill(~allowed, 0.0)
     out = probs @ v64
     return out, lse.masked_fill(empty, float("-inf")).squeeze(-1)
+
+
+def select_blocks_reference(q: torch.Tensor, k: torch.Tensor, spec: TopKBlocks) -> torch.Tensor:
+    """The block selection of ``spec`` in float64 from the dense mask: boolean ``(B, H, q_blocks, kv_blocks)``.
+
+    Same rule as the selection kernel: scores ``mean(q block) · mean(k block)`` (GQA: the group's KV head); a
+    key block is eligible when the static pattern allows some pair of the two blocks; the own block first when
+    eligible, then the highest scores, ties to the lower index (a NaN score ranks last), ``spec.k`` in all.
+    """
+    batch, heads, seq_q, _ = q.shape
+    seq_kv = k.shape[2]
+    block = spec.block
+    q_blocks, kv_blocks = -(-seq_q // block), -(-seq_kv // block)
+    q_pooled = _block_means(q.double(), q_blocks, block)
+    k_pooled = _block_means(k.double(), kv_blocks, block).repeat_interleave(heads // k.shape[1], dim=1)
+    scores = q_pooled @ k_pooled.transpose(-1, -2)
+    scores = torch.nan_to_num(scores, nan=float("-inf"))
+    allowed = torch.zeros(batch, heads, q_blocks * block, kv_blocks * block, dtype=torch.bool, device=q.device)
+    allowed[:, :, :seq_q, :seq_kv] = dense_mask(spec.static, batch, heads, seq_q, seq_kv, q.device)
+    eligible = allowed.view(batch, heads, q_blocks, block, kv_blocks, block).any(dim=5).any(dim=3)
+    own = torch.zeros_like(eligible)
+    diagonal = torch.arange(min(q_blocks, kv_blocks), device=q.device)
+    own[:, :, diagonal, diagonal] = True
+    own &= eligible
+    # rank: own block, then eligible by score (descending, stable: lower index first), then ineligible
+    tier = torch.where(own, 0, torch.where(eligible, 1, 2))
+    order = torch.sort(-scores, dim=-1, stable=True).indices
+    order = order.gather(-1, torch.sort(tier.gather(-1, order), dim=-1, stable=True).indices)
+    take = torch.arange(kv_blocks, device=q.device) < torch.minimum(eligible.sum(-1, keepdim=True),
+                                                                    torch.tensor(spec.k, device=q.device))
+    return torch.zeros_like(eligible).scatter_(-1, order, take.expand_as(order))
+
+
+def _block_means(x: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
+    batch, heads, seq, dim = x.shape
+    padded = torch.zeros(batch, heads, n_blocks * block, dim, dtype=x.dtype, device=x.device)
+    padded[:, :, :seq] = x
+    counts = torch.clamp(seq - torch.arange(n_blocks, device=x.device) * block, max=block).to(x.dtype)
+    return padded.view(batch, heads, n_blocks, block, dim).sum(3) / counts[:, None]
