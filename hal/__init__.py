@@ -110,11 +110,11 @@ def device_scope(uri: str | Device) -> Iterator[Device]:
 
 
 def __getattr__(name: str) -> Any:
-    """The contract's names and ``hal.runtime`` are imported on first use, so ``import hal`` stays light."""
+    """The contract's names, ``hal.runtime`` and ``hal.distributed`` are imported on first use, so ``import hal`` stays light."""
     if name in _CONTRACT_NAMES:
         return getattr(importlib.import_module("hal.device"), name)
-    if name == "runtime":
-        return importlib.import_module("hal.runtime")
+    if name in ("runtime", "distributed"):
+        return importlib.import_module(f"hal.{name}")
     if name == "explain":
         return importlib.import_module("hal.runtime.dynamo").explain
     raise AttributeError(f"module 'hal' has no attribute {name!r}")
