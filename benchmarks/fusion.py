@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS, environment, write_result  # noqa: E402
+from benchmarks.cuda_graphs import RMSNorm, rotate_half  # noqa: E402
 from hal.drivers.nvidia.passes import ORDER, FusionReport, apply_passes  # noqa: E402
 
 #: Layers of the MLP: the issue's 16, or 2 in a smoke run.
@@ -112,27 +113,6 @@ class Gpt2Block(nn.Module):
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
 
-class RMSNorm(nn.Module):
-    """Hugging Face's LlamaRMSNorm, written as it is there."""
-
-    def __init__(self, width: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(width))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class LlamaLayer(nn.Module):
     """A Llama decoder layer as transformers computes it (rotary, GQA through repeated K/V heads, SwiGLU)."""
 
@@ -159,7 +139,7 @@ class LlamaLayer(nn.Module):
         residual = x
         h = self.input_layernorm(x)
         q, k, v = self._heads(self.q_proj(h), self.heads), self._heads(self.k_proj(h), self.kv_heads), self._heads(self.v_proj(h), self.kv_heads)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         repeat = self.heads // self.kv_heads
         b, _, t, d = k.shape
         k, v = (z[:, :, None].expand(b, self.kv_heads, repeat, t, d).reshape(b, self.heads, t, d) for z in (k, v))
