@@ -329,13 +329,17 @@ class Plan:
     def run(self, *inputs: Any, profile: bool = False) -> Any:
         """Run the plan on ``inputs``; with ``profile=True`` return ``(outputs, report)``.
 
+        A run is inference: it records no gradients (``torch.no_grad()``), so a GPU stage can replay as a CUDA graph
+        and no device is asked for a backward it cannot give. Train through ``torch.compile(model, backend="hal")``.
+
         Inputs of a new batch size (same dtype and other dimensions) are re-planned with the same policy and
         pins (the new plan is cached); any other shape is refused with ShapeError.
         """
         if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
             inputs = tuple(inputs[0])
         target = self._plan_for(inputs)
-        outputs, report = Executor(target).run(tuple(inputs), profile)
+        with torch.no_grad():
+            outputs, report = Executor(target).run(tuple(inputs), profile)
         if target is not self:
             report.replanned_for = [list(t.shape) for t in inputs]
         self.last_report = report

@@ -232,3 +232,20 @@ def test_after_a_fallback_later_runs_use_a_placement_made_afresh():
         p.run(x)
     assert all(c.formula != "already executed" for c in p.placement.node_costs)
     assert {p.device_of(n.name) for n in p.graph.nodes if n.op is not None} == {"steady2:0"}
+
+
+def test_a_run_is_inference_and_its_programs_run_with_gradients_off():
+    from runtime_fakes import fake
+    from torch import nn
+
+    from hal.runtime import plan
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    modes = []
+    device = fake("gradmode", claim_ops=("linear", "relu"), on_run=lambda spec: modes.append(torch.is_grad_enabled()))
+    out = plan(model, x, devices=[device]).run(x)
+    assert modes == [False], "a GPU stage's weights require grad: under grad mode its outputs would too, and it could not replay as a CUDA graph"
+    assert not out.requires_grad
+    torch.testing.assert_close(out, model(x).detach())
