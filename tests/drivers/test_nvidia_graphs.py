@@ -8,6 +8,8 @@ tensors, writing into the static outputs in place: what a real graph does with a
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,6 +98,13 @@ class FakeBackend:
     def fresh(self, t):
         self.now += self.copy_s
         return t.clone()
+
+    def fence(self):
+        self.fences = getattr(self, "fences", 0) + 1
+        return ("fence", self.fences)
+
+    def wait(self, fence) -> None:
+        self.waited = [*getattr(self, "waited", []), fence]
 
 
 def _graphed(fn, backend: FakeBackend, **kwargs) -> GraphedCallable:
@@ -436,3 +445,46 @@ def test_guarded_layouts_key_on_static_addresses_only_and_copy_every_other_input
     assert torch.equal(g(y, w1), torch.relu(y @ w1.T)) and g.stats.replays == 1 and g.stats.input_copies == 1
     assert torch.equal(g(x, w2), torch.relu(x @ w2.T)), "another weight is another bucket, never the old address"
     assert g.stats.buckets_made == 2
+
+
+class Overlapping(FakeBackend):
+    """A fake whose replays take a while and count how many run at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = self.most = 0
+        self.guard = threading.Lock()
+
+    def replay(self, graph) -> None:
+        with self.guard:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.002)
+        super().replay(graph)
+        with self.guard:
+            self.active -= 1
+
+
+def test_replays_from_several_threads_are_serialised_on_the_pool_and_fenced() -> None:
+    fake = Overlapping()
+    pool = GraphPool(CPU)
+    w = torch.randn(5, 4)
+    a = _graphed(_linear(w), fake, pool=pool)
+    b = _graphed(lambda x: x * 3, fake, pool=pool)
+    xs = [torch.randn(3, 4) for _ in range(8)]
+    a(xs[0]), b(xs[0])
+    fake.most = 0
+    results = {}
+
+    def work(i: int) -> None:
+        results[i] = (a(xs[i]), b(xs[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fake.most == 1, "two graphs of one pool replayed at once: they share buffers and memory"
+    for i, (ya, yb) in results.items():
+        assert torch.equal(ya, torch.relu(xs[i] @ w.T)) and torch.equal(yb, xs[i] * 3), "each thread gets its own inputs' result"
+    assert len(fake.waited) >= 16, "every replay after the first waits for the previous replay's fence"

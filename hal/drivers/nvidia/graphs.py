@@ -49,9 +49,14 @@ warm-up and timing call: pass such state as a written input.
 
 Outputs. ``__call__`` returns fresh tensors (copies of the static outputs, the caller may keep them);
 ``run_static`` returns the static outputs themselves, which the next replay of that bucket overwrites (a bucket's
-first call copies its eager result into them). Graphs of one pool share its memory for their intermediates, so
-they must not replay concurrently: run them on one stream at a time, as the runtime's executor does. Replays,
-copies and timing run on the caller's current stream; warm-up and capture run on a side stream that waits for
+first call copies its eager result into them).
+
+Threads. Graphs of one pool share its memory for their intermediates and each graph its buffers, so every replay
+(input copies, launch, output copies), capture and release of a pool's graphs holds the pool's lock, and each
+replay's stream first waits for the event the previous replay recorded: calls from several threads, on one stream
+or several, are serialised on the GPU and never see each other's buffers (the runtime runs one plan from several
+threads at once). Captures use ``capture_error_mode="thread_local"``, so CUDA calls other threads make meanwhile
+stay legal. Replays, copies and timing run on the caller's current stream; warm-up and capture run on a side stream that waits for
 the caller's stream and that the caller's stream then waits for.
 
 Inference only: a call in grad mode with an input that requires grad, or a bucket whose outputs require grad,
@@ -207,6 +212,14 @@ class GraphBackend(Protocol):
         """A new tensor equal to ``t`` (a static output handed to the caller)."""
         ...
 
+    def fence(self) -> Any:
+        """A marker of the work enqueued so far on the caller's current stream (a recorded CUDA event)."""
+        ...
+
+    def wait(self, fence: Any) -> None:
+        """Make the caller's current stream wait for ``fence`` before the work enqueued next."""
+        ...
+
 
 class CudaGraphBackend:
     """GraphBackend of one CUDA device: a side stream for warm-up and capture, CUDA events, torch's allocator counters."""
@@ -240,7 +253,7 @@ class CudaGraphBackend:
         side.wait_stream(current)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.device(self.device), torch.cuda.stream(side):
-            graph.capture_begin(pool=pool)
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")  # other threads' CUDA calls stay legal
             try:
                 outputs = fn(*args)
             except Exception:
@@ -307,6 +320,14 @@ class CudaGraphBackend:
     def fresh(self, t: torch.Tensor) -> torch.Tensor:
         return t.clone()
 
+    def fence(self) -> Any:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def wait(self, fence: Any) -> None:
+        torch.cuda.current_stream(self.device).wait_event(fence)
+
 
 def backend_for(device: torch.device) -> tuple[GraphBackend | None, str | None]:
     """The graph backend of ``device``, or None and why graphs cannot run there."""
@@ -329,6 +350,11 @@ class GraphPool:
         self.device = torch.device(device)
         self._handle: Any = None
         self._outputs: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+        #: Held around every replay (input copies, launch, output copies) and release of the pool's graphs, from any
+        #: thread: they share buffers and intermediate memory. ``fence`` marks the last replay's work, which the
+        #: next one's stream waits for, so callers on different streams are ordered on the GPU too.
+        self.lock = threading.Lock()
+        self.fence: Any = None
 
     def handle(self, backend: GraphBackend) -> Any:
         """The pool's handle, made by ``backend`` on first use."""
@@ -357,7 +383,7 @@ class _Bucket:
 
     description: str
     decision: GraphDecision
-    graph: Any = None
+    graph: Any = None  # None once released (under the pool's lock): a replay that finds it so runs eager
     reads: tuple[torch.Tensor, ...] = ()  # the graph's inputs in argument order: buffers and tensors read in place
     copies: tuple[tuple[int, torch.Tensor, int], ...] = ()  # (argument, its buffer, the buffer's address)
     outputs: tuple[torch.Tensor, ...] = ()
@@ -448,16 +474,33 @@ class GraphedCallable:
             if grads:
                 return self._eager(inputs, GraphDecision.eager(f"autograd: grad mode is on and input {grads[0]} requires grad (graphs replay inference only: call under torch.inference_mode() or torch.no_grad())"))
         key = self._key(inputs)
-        bucket = self._buckets.get(key)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                self._buckets.move_to_end(key)
         if bucket is None:
             return self._first_call(key, inputs, fresh)
-        self._buckets.move_to_end(key)
         self.last_decision = bucket.decision
-        if bucket.graph is None:
-            stats.eager_calls += 1
-            return self._fn(*inputs)
-        stats.replays += 1
-        return self._replay(bucket, inputs, fresh, stats)
+        if bucket.graph is not None:
+            out = self._serialised_replay(bucket, inputs, fresh, stats)
+            if out is not None:
+                stats.replays += 1
+                return out[0]
+        stats.eager_calls += 1
+        return self._fn(*inputs)
+
+    def _serialised_replay(self, bucket: _Bucket, inputs: Sequence[torch.Tensor], fresh: bool, stats: GraphStats) -> tuple[Any] | None:
+        """``(outputs,)`` of a replay made under the pool's lock after the previous replay's fence, or None when the
+        bucket was released meanwhile (another thread evicted it): the caller then runs eager."""
+        pool, backend = self._pool, self._backend
+        with pool.lock:
+            if bucket.graph is None:
+                return None
+            if pool.fence is not None:
+                backend.wait(pool.fence)
+            out = self._replay(bucket, inputs, fresh, stats)
+            pool.fence = backend.fence()
+        return (out,)
 
     def _eager(self, inputs: tuple[torch.Tensor, ...], decision: GraphDecision) -> Any:
         self.stats.eager_calls += 1
@@ -591,7 +634,8 @@ class GraphedCallable:
             return _Bucket(description, GraphDecision.eager(f"warm-up on the capture stream failed: {_first_line(exc)}"))
         before = backend.reserved_bytes()
         try:
-            graph, static = backend.capture(self._fn, reads, self._pool.handle(backend))
+            with self._pool.lock:  # the pool's memory is not handed out while one of its graphs replays
+                graph, static = backend.capture(self._fn, reads, self._pool.handle(backend))
         except Exception as exc:  # noqa: BLE001 (whatever capture refuses, a host sync or a host tensor, makes the bucket eager)
             self._pool.renew()  # later captures of the pool start from a fresh handle, not the one the failure held
             return _Bucket(description, GraphDecision.eager(f"capture illegal: {_first_line(exc)}"))
@@ -603,7 +647,8 @@ class GraphedCallable:
         except Exception as exc:  # noqa: BLE001 (a graph that does not replay is not kept: eager, with the error)
             bucket.decision = GraphDecision.eager(f"replay failed: {_first_line(exc)}")
         if not bucket.decision.graphed:
-            backend.release(graph)
+            with self._pool.lock:
+                backend.release(graph)
             return _Bucket(description, bucket.decision)
         storages = {t.untyped_storage().data_ptr() for t in reads}
         mine = [o for o in outputs if o.untyped_storage().data_ptr() not in storages]  # not an input handed back
@@ -616,12 +661,13 @@ class GraphedCallable:
         """Graph when replay (with its copies) beats eager by ``min_speedup`` within the memory budget."""
         backend, policy = self._backend, self.policy
         held = Figure.measured(memory, "B", "allocator reserved-bytes growth during capture + the bucket's input buffers")
-        backend.replay(bucket.graph)  # the first launch uploads the graph: untimed, and proves it replays
+        with self._pool.lock:
+            backend.replay(bucket.graph)  # the first launch uploads the graph: untimed, and proves it replays
         if policy.mode == "always":
             return GraphDecision(True, f"graphed: mode always (not timed), {_mib(memory)}", memory_bytes=held)
         how = f"{backend.clock}, mean of {policy.timing_calls} calls after {policy.warmup_calls} warm-up calls"
         eager_s = backend.per_call_s(lambda: self._fn(*inputs), policy.timing_calls)
-        replay_s = backend.per_call_s(lambda: self._replay(bucket, inputs, True, GraphStats()), policy.timing_calls)
+        replay_s = backend.per_call_s(lambda: self._serialised_replay(bucket, inputs, True, GraphStats()), policy.timing_calls)
         eager = Figure.measured(eager_s, "s", how)
         replay = Figure.measured(replay_s, "s", f"{how}; replay with its input and output copies")
         timed = f"replay {_ms(replay_s)} vs eager {_ms(eager_s)} per call"
@@ -645,9 +691,10 @@ class GraphedCallable:
             self.stats.evictions.append(f"{old.description} ({kind}): the least recently used of {limit + 1} buckets, over max_buckets={limit}")
 
     def _release(self, bucket: _Bucket) -> None:
-        if bucket.graph is not None:
-            self._backend.release(bucket.graph)
-            bucket.graph = None
+        with self._pool.lock:  # never while another thread replays a graph of the pool
+            if bucket.graph is not None:
+                self._backend.release(bucket.graph)
+                bucket.graph = None
 
     def buckets(self) -> list[tuple[str, GraphDecision]]:
         """Each live bucket's description and decision, least recently used first."""

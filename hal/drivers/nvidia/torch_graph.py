@@ -29,6 +29,7 @@ not only tensors), with that reason.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,6 +105,7 @@ class CompiledGraph:
             self._candidates.append(candidate("unfused", plain))
         self._timer = backend if backend is not None else graphs.backend_for(torch.device(device))[0]
         self.chosen: _Candidate | None = self._candidates[0] if len(self._candidates) == 1 else None
+        self._choosing = threading.Lock()
         self.choice = "" if self.chosen is not None else "fused or unfused: decided at the first call"
 
     @property
@@ -113,7 +115,9 @@ class CompiledGraph:
 
     def __call__(self, *args: Any) -> Any:
         if self.chosen is None:
-            return self._choose(args)
+            with self._choosing:  # one thread compares the candidates; the others then run the one it kept
+                if self.chosen is None:
+                    return self._choose(args)
         return self.chosen(*args)
 
     def _choose(self, args: Sequence[Any]) -> Any:
