@@ -488,3 +488,21 @@ def test_replays_from_several_threads_are_serialised_on_the_pool_and_fenced() ->
     for i, (ya, yb) in results.items():
         assert torch.equal(ya, torch.relu(xs[i] @ w.T)) and torch.equal(yb, xs[i] * 3), "each thread gets its own inputs' result"
     assert len(fake.waited) >= 16, "every replay after the first waits for the previous replay's fence"
+
+
+def test_an_output_viewing_a_tensor_read_in_place_is_handed_back_as_the_view_eager_returns() -> None:
+    fake = FakeBackend()
+    cache, x = torch.zeros(4, 3), torch.randn(3)
+
+    def step(x, cache):
+        cache[1].copy_(x)
+        return cache[1:3], x * 2
+
+    g = _graphed(step, fake, written_argnums=(1,))
+    g(x, cache)
+    y = torch.randn(3)
+    view, doubled = g(y, cache)
+    assert view.untyped_storage().data_ptr() == cache.untyped_storage().data_ptr(), "the caller's cache, not a copy"
+    assert torch.equal(view[0], y) and torch.equal(doubled, y * 2)
+    again, doubled_again = g(x, cache)
+    assert doubled_again.untyped_storage().data_ptr() != doubled.untyped_storage().data_ptr(), "graph memory is copied out"

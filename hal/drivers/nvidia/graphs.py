@@ -47,7 +47,9 @@ the tensor's version counter, or, for inference tensors (which have none), by co
 that would be copied. State ``fn`` writes that is not an input (a module buffer it closes over) is written by every
 warm-up and timing call: pass such state as a written input.
 
-Outputs. ``__call__`` returns fresh tensors (copies of the static outputs, the caller may keep them);
+Outputs. ``__call__`` returns fresh tensors (copies of the static outputs, the caller may keep them), except an
+output that is a view of an input read in place (the caller's own tensor, a KV cache): that view is returned as it
+is, as eager returns it;
 ``run_static`` returns the static outputs themselves, which the next replay of that bucket overwrites (a bucket's
 first call copies its eager result into them).
 
@@ -388,6 +390,9 @@ class _Bucket:
     copies: tuple[tuple[int, torch.Tensor, int], ...] = ()  # (argument, its buffer, the buffer's address)
     outputs: tuple[torch.Tensor, ...] = ()
     single: bool = True
+    #: Per output: a view of a tensor read in place (the caller's own, e.g. a KV cache), handed back as it is, as eager
+    #: hands back the view; every other output lives in graph memory and is copied for the caller.
+    callers: tuple[bool, ...] = ()
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -517,9 +522,10 @@ class GraphedCallable:
                 copy(buffer, t)
                 stats.input_copies += 1
         self._backend.replay(bucket.graph)
-        if bucket.single:
-            return self._backend.fresh(bucket.outputs[0]) if fresh else bucket.outputs[0]
-        return tuple([self._backend.fresh(o) for o in bucket.outputs]) if fresh else bucket.outputs
+        if not fresh:
+            return bucket.outputs[0] if bucket.single else bucket.outputs
+        out = tuple([o if theirs else self._backend.fresh(o) for o, theirs in zip(bucket.outputs, bucket.callers)])
+        return out[0] if bucket.single else out
 
     # ---- keys
     def _declared_static(self, i: int, t: torch.Tensor) -> bool:
@@ -641,7 +647,9 @@ class GraphedCallable:
             return _Bucket(description, GraphDecision.eager(f"capture illegal: {_first_line(exc)}"))
         memory = max(0, backend.reserved_bytes() - before) + sum(b.untyped_storage().nbytes() for _, b, _ in copies)
         outputs = _as_tuple(static)
-        bucket = _Bucket(description, PENDING, graph, tuple(reads), tuple(copies), tuple(outputs), isinstance(static, torch.Tensor))
+        theirs = {t.untyped_storage().data_ptr() for t, here in zip(reads, in_place) if here}
+        callers = tuple(o.untyped_storage().data_ptr() in theirs for o in outputs)
+        bucket = _Bucket(description, PENDING, graph, tuple(reads), tuple(copies), tuple(outputs), isinstance(static, torch.Tensor), callers)
         try:
             bucket.decision = self._decide(bucket, inputs, memory)
         except Exception as exc:  # noqa: BLE001 (a graph that does not replay is not kept: eager, with the error)
