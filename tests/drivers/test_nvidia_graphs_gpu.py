@@ -202,7 +202,6 @@ def test_the_host_cost_of_a_replay_is_reported() -> None:
 
     figures = {
         "hal replay, fresh output": host_us(lambda: g(x)),
-        "hal replay, static output": host_us(lambda: g.run_static(x)),
         "bare CUDAGraph.replay()": host_us(bare.replay),
         "eager t + 1": host_us(lambda: x + 1),
     }

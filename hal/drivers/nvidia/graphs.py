@@ -17,7 +17,6 @@ How to build one, call it and read it::
     step.last_decision.reason        # "graphed: replay 0.12 ms vs eager 1.15 ms per call, 3.1 MiB"
     step.buckets()                   # [(bucket description, GraphDecision), ...], least recently used first
     step.stats                       # calls, replays, eager calls, buckets made, input copies and skips, evictions
-    h = step.run_static(x, weight, kv_cache)   # the graph's own output tensors, for chaining into another graph
     step.clear()                     # drop every bucket and the memory its graph held
 
 Buckets. A call's key is the grad and inference modes and, for every input, its dtype, shape, stride and device;
@@ -32,8 +31,7 @@ are kept (least recently used evicted, each eviction counted and explained in ``
 ``max_buckets_made`` buckets the callable stops capturing new keys and runs them eager, with the reason.
 
 Inputs. Read in place (never copied): the ``static_argnums`` and ``written_argnums`` inputs, those ``is_static``
-accepts (e.g. ``lambda t: isinstance(t, torch.nn.Parameter)``), and static outputs of another graph of the same
-pool (what ``run_static`` returned: chaining graphs through them copies nothing). Every other input is copied into
+accepts (e.g. ``lambda t: isinstance(t, torch.nn.Parameter)``). Every other input is copied into
 the bucket's own buffer before a replay, unless it is already at that buffer's address (``static_inputs()`` gives
 the buffers, to write the next inputs into in place, as torch's own CUDA-graph recipe does). Tensors ``fn``
 closes over (the driver's weights) are read at their capture-time address too: update them in place, never
@@ -49,9 +47,9 @@ warm-up and timing call: pass such state as a written input.
 
 Outputs. ``__call__`` returns fresh tensors (copies of the static outputs, the caller may keep them), except an
 output that is a view of an input read in place (the caller's own tensor, a KV cache): that view is returned as it
-is, as eager returns it;
-``run_static`` returns the static outputs themselves, which the next replay of that bucket overwrites (a bucket's
-first call copies its eager result into them).
+is, as eager returns it. The static outputs themselves are never handed out: graphs of one pool share its memory,
+so a graph captured later may hold its outputs where an earlier one keeps intermediates, and that one's next replay
+would overwrite them.
 
 Threads. Graphs of one pool share its memory for their intermediates and each graph its buffers, so every replay
 (input copies, launch, output copies), capture and release of a pool's graphs holds the pool's lock, and each
@@ -73,7 +71,6 @@ eviction and the fallbacks are tested without a GPU.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -341,17 +338,15 @@ def backend_for(device: torch.device) -> tuple[GraphBackend | None, str | None]:
 
 
 class GraphPool:
-    """One graph memory pool shared by every graph of one plan, and the static outputs those graphs own.
+    """One graph memory pool shared by every graph of one plan (or one Composition), and the lock they replay under.
 
-    Sharing the pool lets graphs reuse each other's intermediate memory, which is safe because each graph keeps its
-    static outputs alive and graphs of one pool never replay concurrently (one stream at a time). A static output
-    taken as input by another graph of the pool is read in place, so chaining graphs copies nothing.
+    Sharing the pool lets graphs reuse each other's intermediate memory, which is safe because graphs of one pool
+    never replay concurrently (the lock and the fence) and their outputs are copied out under the lock.
     """
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self._handle: Any = None
-        self._outputs: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
         #: Held around every replay (input copies, launch, output copies) and release of the pool's graphs, from any
         #: thread: they share buffers and intermediate memory. ``fence`` marks the last replay's work, which the
         #: next one's stream waits for, so callers on different streams are ordered on the GPU too.
@@ -368,15 +363,6 @@ class GraphPool:
         """Make the next capture take a new handle: after a failed capture the old one may still be held by it.
         Graphs captured before keep the memory of the handle they were captured with."""
         self._handle = None
-
-    def adopt(self, outputs: Iterable[torch.Tensor]) -> None:
-        """Record ``outputs`` as static outputs of a graph of this pool."""
-        for t in outputs:
-            self._outputs[t.data_ptr()] = t
-
-    def owns(self, t: torch.Tensor) -> bool:
-        """Whether ``t`` is (this very tensor, not a view of it) a live static output of a graph of this pool."""
-        return self._outputs.get(t.data_ptr()) is t
 
 
 @dataclass
@@ -445,20 +431,14 @@ class GraphedCallable:
         self._off = off
         self._guarded = sorted(static) if layouts_guarded else None
         self._buckets: OrderedDict[tuple, _Bucket] = OrderedDict()
-        self._own: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         self.stats = GraphStats()
         self.last_decision: GraphDecision = off or PENDING
 
     # ---- calling
     def __call__(self, *inputs: torch.Tensor) -> Any:
-        """``fn(*inputs)``, replayed where graphed; outputs are fresh tensors."""
-        return self._run(inputs, fresh=True)
-
-    def run_static(self, *inputs: torch.Tensor) -> Any:
-        """``fn(*inputs)`` returning a graphed bucket's static outputs themselves, for chaining into another graph of
-        the pool: the next replay of that bucket overwrites them. An eager bucket returns its eager outputs."""
-        return self._run(inputs, fresh=False)
+        """``fn(*inputs)``, replayed where graphed; outputs are fresh tensors (or views of the caller's own)."""
+        return self._run(inputs)
 
     def static_inputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The tensors the graph of ``inputs``' bucket reads, in argument order: write the next call's inputs into
@@ -469,7 +449,7 @@ class GraphedCallable:
             raise InvalidInput(f"no graph reads these inputs: {why}")
         return bucket.reads
 
-    def _run(self, inputs: tuple[torch.Tensor, ...], fresh: bool) -> Any:
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> Any:
         stats = self.stats
         stats.calls += 1
         if self._off is not None:
@@ -484,17 +464,17 @@ class GraphedCallable:
             if bucket is not None:
                 self._buckets.move_to_end(key)
         if bucket is None:
-            return self._first_call(key, inputs, fresh)
+            return self._first_call(key, inputs)
         self.last_decision = bucket.decision
         if bucket.graph is not None:
-            out = self._serialised_replay(bucket, inputs, fresh, stats)
+            out = self._serialised_replay(bucket, inputs, stats)
             if out is not None:
                 stats.replays += 1
                 return out[0]
         stats.eager_calls += 1
         return self._fn(*inputs)
 
-    def _serialised_replay(self, bucket: _Bucket, inputs: Sequence[torch.Tensor], fresh: bool, stats: GraphStats) -> tuple[Any] | None:
+    def _serialised_replay(self, bucket: _Bucket, inputs: Sequence[torch.Tensor], stats: GraphStats) -> tuple[Any] | None:
         """``(outputs,)`` of a replay made under the pool's lock after the previous replay's fence, or None when the
         bucket was released meanwhile (another thread evicted it): the caller then runs eager."""
         pool, backend = self._pool, self._backend
@@ -503,7 +483,7 @@ class GraphedCallable:
                 return None
             if pool.fence is not None:
                 backend.wait(pool.fence)
-            out = self._replay(bucket, inputs, fresh, stats)
+            out = self._replay(bucket, inputs, stats)
             pool.fence = backend.fence()
         return (out,)
 
@@ -512,7 +492,7 @@ class GraphedCallable:
         self.last_decision = decision
         return self._fn(*inputs)
 
-    def _replay(self, bucket: _Bucket, inputs: Sequence[torch.Tensor], fresh: bool, stats: GraphStats) -> Any:
+    def _replay(self, bucket: _Bucket, inputs: Sequence[torch.Tensor], stats: GraphStats) -> Any:
         copy = self._backend.copy_
         for i, buffer, address in bucket.copies:
             t = inputs[i]
@@ -522,8 +502,6 @@ class GraphedCallable:
                 copy(buffer, t)
                 stats.input_copies += 1
         self._backend.replay(bucket.graph)
-        if not fresh:
-            return bucket.outputs[0] if bucket.single else bucket.outputs
         out = tuple([o if theirs else self._backend.fresh(o) for o, theirs in zip(bucket.outputs, bucket.callers)])
         return out[0] if bucket.single else out
 
@@ -532,12 +510,11 @@ class GraphedCallable:
         return i in self._static or (self._is_static is not None and self._is_static(t))
 
     def _in_place(self, i: int, t: torch.Tensor) -> bool:
-        """Whether input ``i`` is read where it lies (static, or another graph's static output) rather than copied."""
-        if self._declared_static(i, t):
-            return True
-        if self._guarded is not None:  # the key holds the static addresses only: every other input is copied
-            return False
-        return self._pool.owns(t) and self._own.get(t.data_ptr()) is not t
+        """Whether input ``i`` is read where it lies (declared static or written) rather than copied. Under guarded
+        layouts only the positions in the key are (a predicate's choice could differ from call to call)."""
+        if self._guarded is not None:
+            return i in self._static
+        return self._declared_static(i, t)
 
     def _key(self, inputs: Sequence[torch.Tensor]) -> tuple:
         """The bucket key of a call (the replay path's one dict lookup): modes, each input's layout, addresses of
@@ -554,7 +531,7 @@ class GraphedCallable:
         return tuple(parts)
 
     # ---- a new bucket
-    def _first_call(self, key: tuple, inputs: tuple[torch.Tensor, ...], fresh: bool) -> Any:
+    def _first_call(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> Any:
         declared = self._static | self._written
         if declared and max(declared) >= len(inputs):
             raise InvalidInput(f"static_argnums/written_argnums name input {max(declared)} but this call has {len(inputs)} input(s)")
@@ -571,11 +548,7 @@ class GraphedCallable:
             bucket = self._bucket_for(inputs, outputs, watch)
             self._insert(key, bucket)
             self.last_decision = bucket.decision
-            if fresh or bucket.graph is None:
-                return outputs
-            for static, real in zip(bucket.outputs, _as_tuple(outputs)):
-                self._backend.copy_(static, real)
-            return bucket.outputs[0] if bucket.single else bucket.outputs
+            return outputs
 
     def _watch(self, inputs: Sequence[torch.Tensor]) -> list[tuple[int, int | None, torch.Tensor | None]]:
         """How to tell after the real call which undeclared inputs it wrote: (input, version before, contents before).
@@ -658,11 +631,6 @@ class GraphedCallable:
             with self._pool.lock:
                 backend.release(graph)
             return _Bucket(description, bucket.decision)
-        storages = {t.untyped_storage().data_ptr() for t in reads}
-        mine = [o for o in outputs if o.untyped_storage().data_ptr() not in storages]  # not an input handed back
-        self._pool.adopt(mine)
-        for o in mine:
-            self._own[o.data_ptr()] = o
         return bucket
 
     def _decide(self, bucket: _Bucket, inputs: Sequence[torch.Tensor], memory: int) -> GraphDecision:
@@ -675,7 +643,7 @@ class GraphedCallable:
             return GraphDecision(True, f"graphed: mode always (not timed), {_mib(memory)}", memory_bytes=held)
         how = f"{backend.clock}, mean of {policy.timing_calls} calls after {policy.warmup_calls} warm-up calls"
         eager_s = backend.per_call_s(lambda: self._fn(*inputs), policy.timing_calls)
-        replay_s = backend.per_call_s(lambda: self._serialised_replay(bucket, inputs, True, GraphStats()), policy.timing_calls)
+        replay_s = backend.per_call_s(lambda: self._serialised_replay(bucket, inputs, GraphStats()), policy.timing_calls)
         eager = Figure.measured(eager_s, "s", how)
         replay = Figure.measured(replay_s, "s", f"{how}; replay with its input and output copies")
         timed = f"replay {_ms(replay_s)} vs eager {_ms(eager_s)} per call"
