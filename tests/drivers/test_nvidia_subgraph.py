@@ -218,3 +218,16 @@ def test_graph_options_are_checked() -> None:
             HopperDevice("hopper:0?graphs=sometimes")
         with pytest.raises(InvalidInput, match="graph_buckets='0' is invalid"):
             HopperDevice("hopper:0?graph_buckets=0")
+
+
+def test_every_program_of_a_device_shares_its_one_graph_pool(monkeypatch) -> None:
+    from test_nvidia_graphs import FakeBackend
+
+    fake = FakeBackend()
+    monkeypatch.setattr(graphs, "backend_for", lambda device: (fake, None))
+    sub, params, x = _mlp_chain()
+    with simulated_h100():
+        device = _on_host("hopper:0?fuse=none")
+        first, second = device.prepare_subgraph(sub, params), device.prepare_subgraph(sub, params)
+        first(x), second(x)
+    assert fake.pools == 1, "one pool handle for both Programs' graphs"

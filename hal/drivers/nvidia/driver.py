@@ -25,7 +25,7 @@ name). The ``cuda`` probe lists every GPU (what it lists is what opens); a Hoppe
   bounds the input layouts kept per Program. The Program's ``path`` ends with the decision ("graphed: replay 0.12 ms
   vs eager 1.15 ms per call, 3.1 MiB", "eager: capture illegal: ..."), and its ``decision`` attribute holds it with
   the measured figures. Graphs replay inference only (grad mode with inputs or weights requiring grad runs eager);
-  each Program's graphs share one memory pool.
+  every graph of the device (its Programs' and its compiled torch graphs') shares one memory pool, ``graph_pool``.
 
 - ``?fuse_passes=on|off`` (default on): whether ``torch.compile(model, backend="hal")`` rewrites the graphs it hands
   this GPU with hal's fusion passes before Inductor compiles them (``torch_graph.py``, ``passes/``); such graphs are
@@ -171,6 +171,7 @@ class NvidiaDevice(Device):
             raise InvalidInput(f"{here}: {why}; use matmul_precision=native or bf16")
         self.torch_device = torch.device("cuda", gpu.ordinal)
         self._nvml: NvmlSession | None = None
+        self._graph_pool: graphs.GraphPool | None = None
 
     # ---- discovery
     @classmethod
@@ -316,7 +317,7 @@ class NvidiaDevice(Device):
             return run_wired(sub, steps, inputs)
 
         why_not = "?fuse=none" if self.options["fuse"] == "none" else fusion.inductor_unavailable(self.torch_device)
-        composition = fusion.Composition(composed, why_not, graph_policy=self._graph_policy(), device=self.torch_device)
+        composition = fusion.Composition(composed, why_not, graph_policy=self._graph_policy(), device=self.torch_device, pool=self.graph_pool)
         tf32 = self.precision == "tf32"
         op = sub.as_opspec()
         program: GpuProgram
@@ -332,6 +333,15 @@ class NvidiaDevice(Device):
         program.decision = composition.decision  # graphs.GraphDecision of the last call's input layout
         return program
 
+    @property
+    def graph_pool(self) -> graphs.GraphPool:
+        """The one graph memory pool of every CUDA graph this device's Programs and compiled graphs capture: they
+        reuse each other's intermediate memory and replay one at a time under its lock (graphs.py)."""
+        with self._lock:
+            if self._graph_pool is None:
+                self._graph_pool = graphs.GraphPool(self.torch_device)
+            return self._graph_pool
+
     def _graph_policy(self) -> graphs.GraphPolicy:
         """The CUDA-graph policy the ``?graphs=`` / ``?graph_buckets=`` / ``?graph_memory_mib=`` options set."""
         return graphs.GraphPolicy(
@@ -346,7 +356,8 @@ class NvidiaDevice(Device):
         """hal's fusion passes, then ``delegate`` (Inductor), then a CUDA graph where it pays (``torch_graph.py``)."""
         from hal.drivers.nvidia import torch_graph
 
-        return torch_graph.compile_torch_graph(gm, example_inputs, delegate, device=self.torch_device, policy=self._graph_policy(), fuse=self.options["fuse_passes"] == "on")
+        return torch_graph.compile_torch_graph(gm, example_inputs, delegate, device=self.torch_device, policy=self._graph_policy(),
+                                               fuse=self.options["fuse_passes"] == "on", pool=self.graph_pool)
 
     def _attention(self, op: OpSpec, attrs: dict[str, Any]) -> tuple[Callable[..., torch.Tensor], str]:
         q, k, v = op.inputs

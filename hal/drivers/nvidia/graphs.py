@@ -420,7 +420,7 @@ class GraphedCallable:
         if self.policy.mode == "never":
             off = GraphDecision.eager("graph mode never")
         self.device = backend.device if backend is not None else device
-        if pool is not None and pool.device != self.device:
+        if pool is not None and pool.device != device:
             raise InvalidInput(f"the graph pool belongs to {pool.device} but this callable runs on {self.device}; use one pool per device")
         self._fn = fn
         self._backend = backend

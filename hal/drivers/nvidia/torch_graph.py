@@ -81,7 +81,8 @@ class CompiledGraph:
     and (when the passes fired) the measured choice between the fused and the unfused graph."""
 
     def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], delegate: Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]],
-                 *, device: torch.device, policy: graphs.GraphPolicy, fuse: bool, backend: graphs.GraphBackend | None = None):
+                 *, device: torch.device, policy: graphs.GraphPolicy, fuse: bool, pool: graphs.GraphPool | None = None,
+                 backend: graphs.GraphBackend | None = None):
         sizes = [i for i, x in enumerate(example_inputs) if not isinstance(x, torch.Tensor)]
         plain = copy.deepcopy(gm) if fuse and not sizes else None
         self.fusion: FusionReport | None = apply_passes(gm, example_inputs) if fuse else None
@@ -96,7 +97,7 @@ class CompiledGraph:
                 return _Candidate(name, compiled, None)
             graphed = graphs.GraphedCallable(
                 _tensors_out(compiled), device=device, policy=policy, static_argnums=static, written_argnums=self._written,
-                layouts_guarded=True, backend=backend,
+                layouts_guarded=True, pool=pool, backend=backend,
             )
             return _Candidate(name, compiled, graphed)
 
@@ -167,9 +168,9 @@ class CompiledGraph:
 
 
 def compile_torch_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], delegate: Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]],
-                        *, device: torch.device, policy: graphs.GraphPolicy, fuse: bool) -> TorchGraph | None:
+                        *, device: torch.device, policy: graphs.GraphPolicy, fuse: bool, pool: graphs.GraphPool | None = None) -> TorchGraph | None:
     """This GPU's compilation of a Dynamo graph (module docstring), or None for a training graph (the delegate's)."""
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs):
         return None
-    compiled = CompiledGraph(gm, example_inputs, delegate, device=device, policy=policy, fuse=fuse)
+    compiled = CompiledGraph(gm, example_inputs, delegate, device=device, policy=policy, fuse=fuse, pool=pool)
     return TorchGraph(compiled, compiled.describe)
