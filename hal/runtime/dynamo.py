@@ -710,13 +710,20 @@ class Explanation:
         return "\n\n".join(parts)
 
 
-def explain(model: torch.nn.Module, *inputs: Any, options: Mapping[str, Any] | None = None) -> Explanation:
+def explain(model: torch.nn.Module | Plan, *inputs: Any, options: Mapping[str, Any] | None = None) -> Explanation | Plan:
     """Compile ``model`` as ``backend="hal"`` with ``options`` would, run it once on ``inputs`` (no gradients), and
     return every captured graph with its route and, where hal placed it, its plans: stages, devices, costs,
     conversions and claims. A compiled model (``torch.compile``'s wrapper) is explained through its original module.
 
     It compiles a copy of the work of its own: the caller's compiled model and Dynamo's caches are left alone.
+    A ``hal.runtime.Plan`` explains itself: ``hal.explain(plan)`` returns it, and printing it shows its stages,
+    costs, conversions, claims and (once it has run) how each claimed stage ran, e.g. replayed as a CUDA graph or
+    not and why.
     """
+    if isinstance(model, Plan):
+        if inputs or options:
+            raise InvalidInput("hal.explain(plan) takes the plan alone: it was traced and placed already (inputs and options belong to hal.runtime.plan)")
+        return model
     target = getattr(model, "_orig_mod", model)
     if not isinstance(target, torch.nn.Module) and not callable(target):
         raise InvalidInput(f"hal.explain takes a torch.nn.Module or a callable, got {type(model).__name__}")

@@ -417,3 +417,13 @@ def test_explain_shows_every_graph_and_the_plans_of_placed_ones():
     assert "2 graph(s) captured" in text and "cpu:0" in text and "linear+relu" in text
     delegated = hal.explain(model, x, options={"devices": ["cpu:0"], "delegate": "eager"})
     assert [c.route for c in delegated.graphs] == ["delegate", "delegate"]
+
+
+def test_explain_of_a_plan_is_the_plan_and_takes_nothing_else():
+    from hal.runtime import plan
+
+    model, x = seeded(Residual), torch.randn(2, 8)
+    p = plan(model, x, devices=["cpu:0"])
+    assert hal.explain(p) is p and "stage" in str(hal.explain(p))
+    with pytest.raises(InvalidInput, match="takes the plan alone"):
+        hal.explain(p, x)
