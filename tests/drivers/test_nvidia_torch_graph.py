@@ -132,3 +132,45 @@ def test_list_outputs_become_tuples_for_the_graph():
     call = torch_graph._tensors_out(lambda x: [x * 2, x + 1])
     out = call(torch.ones(2))
     assert isinstance(out, tuple) and out[0].tolist() == [2.0, 2.0] and out[1].tolist() == [2.0, 2.0]
+
+
+class WritesItsArgument(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        cache[:, 1] = self.fc(x)
+        cache.narrow(1, 0, 1).mul_(2)
+        total += 1
+        return cache.sum(1)
+
+
+def test_inputs_the_graph_writes_are_found_through_views_and_read_in_place():
+    model = WritesItsArgument().eval()
+    x = torch.randn(3, 4)
+    got = []
+
+    def record(gm, example_inputs):
+        got.append((gm, list(example_inputs)))
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend=record)(x, torch.zeros(3, 2, 4), torch.zeros(1))
+    ((gm, example_inputs),) = got
+    names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    assert sorted(names[i] for i in torch_graph.written_inputs(gm)) == sorted(n for n in names if "cache" in n or "total" in n)
+    fake = FakeBackend()
+    compiled = torch_graph.CompiledGraph(gm, example_inputs, lambda g, xs: g.forward, device=fake.device, policy=graphs.GraphPolicy(), fuse=False, backend=fake)
+    args = list(example_inputs)
+    cache, total = torch.zeros(3, 2, 4), torch.zeros(1)
+    args[next(i for i, n in enumerate(names) if "cache" in n)] = cache
+    args[next(i for i, n in enumerate(names) if "total" in n)] = total
+    with torch.no_grad():
+        for _ in range(3):
+            compiled(*args)
+        expected = model.fc(x)
+    assert compiled.graphed.last_decision.graphed, compiled.graphed.last_decision.reason
+    torch.testing.assert_close(cache[:, 1], expected)  # the graph wrote the caller's cache, not a copy of it
+    assert float(total) == 3.0, "three calls, three increments: the first call's measurements were undone"

@@ -11,9 +11,10 @@ Three steps, each stated in ``describe()``:
    hal's kernels as the custom ops they are.
 3. **CUDA graph** (``graphs.GraphedCallable``, ``?graphs=auto``): the compiled graph is captured after warm-up and
    replayed only where replay measured faster than the compiled graph's own launches (and holds no more than
-   ``?graph_memory_mib``). Parameters and buffers (the inputs Dynamo marks static) are read in place: an optimiser
-   step or a KV cache written in place is seen by the next replay with no copy. Buffers count as written (saved
-   and restored around the first call's measurements, so the caller sees one call's effect). Dynamo's guards fix
+   ``?graph_memory_mib``). Parameters and buffers (the inputs Dynamo marks static) and any input the graph writes
+   in place (``written_inputs``: a cache passed as an argument) are read in place: an optimiser step or a KV cache
+   written in place is seen by the next replay with no copy. Buffers and written inputs count as written (saved and
+   restored around the first call's measurements, so the caller sees one call's effect). Dynamo's guards fix
    every input's layout before the graph is called, so the replay key is the static inputs' addresses alone.
 
 When the passes fired, the graph is also compiled as it came (unfused), and the first call runs both, times each
@@ -45,6 +46,43 @@ from hal.drivers.nvidia.passes import FusionReport, apply_passes
 def _static(t: Any) -> bool:
     """Whether Dynamo lifted ``t`` from a module (a parameter or buffer): it marks those as static inputs."""
     return isinstance(t, torch.Tensor) and (isinstance(t, torch.nn.Parameter) or getattr(t, "_dynamo_static_input_type", None) is not None)
+
+
+#: Methods and functions that return a view of their first operand (a write through the view writes the operand).
+_VIEWS = frozenset({"view", "view_as", "__getitem__", "getitem", "transpose", "permute", "narrow", "select", "unsqueeze", "squeeze",
+                    "expand", "expand_as", "t", "as_strided", "unflatten", "split", "chunk", "unbind", "diagonal", "movedim", "swapaxes",
+                    "detach", "reshape", "flatten", "contiguous"})
+
+
+#: Functions that write their first operand without a trailing underscore (``x[i] = v``, ``x += y``).
+_WRITES = frozenset({"setitem", "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior", "ixor"})
+
+
+def _name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def written_inputs(gm: fx.GraphModule) -> set[int]:
+    """Positions of the graph inputs an op writes in place (``x.add_(...)``, ``x[i] = v``, ``x.index_copy_(...)``),
+    directly or through views of them. It over-approximates (``reshape`` and ``contiguous`` may copy): declaring an
+    input written only makes the graph read it in place; an undeclared write would make its bucket run eager."""
+    placeholders = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
+
+    def root(node: Any) -> fx.Node | None:
+        while isinstance(node, fx.Node) and node.op in ("call_method", "call_function") and _name(node) in _VIEWS and node.args:
+            node = node.args[0]
+        return node if isinstance(node, fx.Node) and node in placeholders else None
+
+    written = set()
+    for n in gm.graph.nodes:
+        if n.op not in ("call_method", "call_function") or not n.args:
+            continue
+        name = _name(n)
+        if name in _WRITES or (name.endswith("_") and not name.startswith("_")):
+            target = root(n.args[0])
+            if target is not None:
+                written.add(placeholders[target])
+    return written
 
 
 def _tensors_out(compiled: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,8 +125,9 @@ class CompiledGraph:
         plain = copy.deepcopy(gm) if fuse and not sizes else None
         self.fusion: FusionReport | None = apply_passes(gm, example_inputs) if fuse else None
         fired = self.fusion is not None and any(self.fusion.fired.values())
-        static = [i for i, t in enumerate(example_inputs) if _static(t)]
-        self._written = [i for i in static if not isinstance(example_inputs[i], torch.nn.Parameter)]
+        mutated = written_inputs(gm)  # before the passes rewrite the graph
+        static = [i for i, t in enumerate(example_inputs) if _static(t) or i in mutated]
+        self._written = [i for i in static if not isinstance(example_inputs[i], torch.nn.Parameter) or i in mutated]
         self.not_graphed = f"eager: the graph takes sizes (inputs {sizes[:4]}{'...' if len(sizes) > 4 else ''}: dynamic shapes), not only tensors" if sizes else None
 
         def candidate(name: str, module: fx.GraphModule) -> _Candidate:
