@@ -177,6 +177,36 @@ def test_a_caller_on_a_side_stream_gets_its_work_ordered_on_that_stream() -> Non
 
 
 @torch.no_grad()
+def test_threads_on_their_own_streams_replaying_graphs_of_one_pool_get_their_own_results() -> None:
+    import threading
+
+    pool = GraphPool(DEV)
+    model = _mlp(width=256, layers=4)
+    first = GraphedCallable(model, device=DEV, policy=ALWAYS, pool=pool)
+    second = GraphedCallable(lambda t: torch.tanh(t) * 3, device=DEV, policy=ALWAYS, pool=pool)
+    xs = [torch.randn(8, 256, device=DEV, dtype=torch.float16) for _ in range(8)]
+    first(xs[0]), second(xs[0])
+    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def work(i: int) -> None:
+        stream = torch.cuda.Stream(DEV)
+        with torch.cuda.stream(stream):
+            for _ in range(20):
+                a, b = first(xs[i]), second(xs[i])
+            stream.synchronize()
+        results[i] = (a, b)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (a, b) in results.items():
+        _close(a, model(xs[i]))
+        _close(b, torch.tanh(xs[i]) * 3)
+
+
+@torch.no_grad()
 def test_the_host_cost_of_a_replay_is_reported() -> None:
     x = torch.zeros(16, device=DEV)
     g = GraphedCallable(lambda t: t + 1, device=DEV, policy=ALWAYS)
