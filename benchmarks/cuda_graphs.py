@@ -14,7 +14,8 @@ Models (fp16, ``eval()``, random weights, ``torch.no_grad()``):
 
 Each variant is called until warm (compiles, graph captures and hal's graph decision happen there), checked against
 the model run in float64 (relative Frobenius error of the output, at most twice eager's own), then timed with ``triton.testing.do_bench`` (median ms of calls
-back to back). ``extra_memory_bytes`` is the GPU memory allocated while a variant warms up and still held after (static buffers,
+back to back). ``host_us_per_call`` is the host's work per call (calls issued back to back before any synchronisation).
+``extra_memory_bytes`` is the GPU memory allocated while a variant warms up and still held after (static buffers,
 graph pools, compiled workspaces), measured from just before its own warm-up. hal's own account of every graph it compiled (rewrites fired,
 graphed or not and why) is stored beside its time.
 
@@ -50,6 +51,9 @@ MODELS = (*TARGET_MODELS, "gpt2_b1", "gpt2_b32", "resnet50_b1")
 ERROR_FACTOR = 2.0
 ERROR_FLOOR = 1e-4
 WARM_CALLS = 6
+#: Calls issued to time the host's work per call: few enough that a graphed variant's handful of launches per call
+#: never fills CUDA's launch queue; an eager variant's dozens of kernels per call can, and then it reads the GPU's pace.
+HOST_CALLS = 50
 
 
 # --------------------------------------------------------------------------- models
@@ -250,6 +254,19 @@ def variants(model: nn.Module, inputs: tuple, gpu: bool) -> dict[str, tuple[Call
     return out
 
 
+def host_us_per_call(call: Callable[[], Any], calls: int = HOST_CALLS) -> float:
+    """Host microseconds per call: the time to issue ``calls`` calls back to back from an idle GPU, before any
+    synchronisation (CUDA's launch queue absorbs them, so this is the Python and launch work a call costs the host,
+    Dynamo's guards included; the GPU time is ``ms``)."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
@@ -293,6 +310,7 @@ def measure(name: str, smoke: bool) -> dict[str, Any]:
 
                     entry["extra_memory_bytes"] = torch.cuda.memory_allocated() - base_bytes
                     entry["ms"] = triton.testing.do_bench(call, warmup=25, rep=200, return_mode="median")
+                    entry["host_us_per_call"] = host_us_per_call(call)
                 if isinstance(record, HalRecorder):
                     entry["hal_graphs"] = record.accounts()
             except Exception as exc:  # noqa: BLE001 - a variant that fails is recorded, the others still run
