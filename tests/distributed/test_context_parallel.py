@@ -141,8 +141,7 @@ def worker(rank: int, n: int, store: str, out_path: str) -> None:
 def torchrun_env_worker(rank: int, n: int, port: int, out_path: str) -> None:
     """mesh() initialising the group itself from the variables torchrun sets."""
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    set_torchrun_env(rank, n, port)
     mesh = hd.mesh("cpu", n)
     total = torch.ones(1)
     dist.all_reduce(total, group=mesh.get_group())
@@ -154,6 +153,18 @@ def torchrun_env_worker(rank: int, n: int, port: int, out_path: str) -> None:
 
 def launch(fn, n: int, *args) -> None:
     mp.start_processes(fn, args=(n, *args), nprocs=n, start_method=START)
+
+
+def free_port() -> int:
+    """A TCP port of this host that nothing listens on now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_torchrun_env(rank: int, n: int, port: int) -> None:
+    """The variables torchrun sets for one rank of ``n`` on this host."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
 @pytest.fixture(scope="module", params=[2, 4])
@@ -202,9 +213,7 @@ def test_bad_inputs_raise_named_errors(world, name):
 
 
 def test_mesh_initialises_from_torchrun_environment(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     launch(torchrun_env_worker, 2, port, str(tmp_path / "env.json"))
     got = json.loads((tmp_path / "env.json").read_text())
     assert got == {"size": 2, "sum": 2.0, "backend": "gloo"}
@@ -398,8 +407,7 @@ def gpu_cases() -> dict[str, dict]:
 
 def nccl_worker(rank: int, n: int, port: int, out_path: str) -> None:
     """One GPU per rank, NCCL, the group initialised by mesh() from torchrun-style variables."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    set_torchrun_env(rank, n, port)
     mesh = hd.mesh("cuda", n)
     results = {}
     for name, spec in gpu_cases().items():
@@ -419,9 +427,7 @@ def nccl_worker(rank: int, n: int, port: int, out_path: str) -> None:
 def test_nccl_context_parallel_matches_single_process_attention(n, tmp_path):
     if torch.cuda.device_count() < n:
         pytest.skip(f"needs {n} CUDA GPUs, this host has {torch.cuda.device_count()}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(nccl_worker, args=(n, port, str(tmp_path / "gpu.json")), nprocs=n, start_method="spawn")
     results = json.loads((tmp_path / "gpu.json").read_text())
     for name, result in results.items():

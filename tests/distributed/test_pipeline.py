@@ -10,16 +10,14 @@ points of a residual graph, the linear partition against brute force, the bubble
 import datetime
 import itertools
 import json
-import os
 import random
-import socket
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from test_context_parallel import expect_error, launch
+from test_context_parallel import expect_error, free_port, launch, set_torchrun_env
 
 from hal import distributed as hd
 from hal.errors import InvalidInput
@@ -335,8 +333,7 @@ def test_bubble_fraction_refuses_empty_schedules(n, m):
 def nccl_worker(rank: int, n: int, port: int, out_path: str) -> None:
     """One GPU per rank, NCCL, the group initialised by mesh() from torchrun's variables; float32 (cuDNN may use
     TF32 for convolutions, hence the looser tolerance of the test)."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    set_torchrun_env(rank, n, port)
     mesh = hd.mesh("cuda", n)
     results = {}
     for name, m in itertools.product(MODELS, MICRO_BATCHES):
@@ -355,9 +352,7 @@ def nccl_worker(rank: int, n: int, port: int, out_path: str) -> None:
 def test_nccl_pipeline_matches_single_process_model(n, tmp_path):
     if torch.cuda.device_count() < n:
         pytest.skip(f"needs {n} CUDA GPUs, this host has {torch.cuda.device_count()}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     launch(nccl_worker, n, port, str(tmp_path / "nccl.json"))
     for rank in range(n):
         for case, got in json.loads((tmp_path / f"nccl.json.{rank}").read_text()).items():
