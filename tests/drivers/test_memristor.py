@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import math
 import weakref
@@ -10,6 +9,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from section_numbers import numbers as section_numbers
 
 import hal
 import hal.nn
@@ -181,25 +181,9 @@ def test_capabilities_describe_the_crossbar():
     assert all(f.kind in ("paper", "derived", "assumed") for f in caps.energy.values())
 
 
-def _numbers(value, path="analog"):
-    """Every (path, value) pair of a section that is a bare number or a Figure."""
-    if isinstance(value, Figure):
-        yield path, value
-    elif isinstance(value, bool) or value is None or isinstance(value, str):
-        return
-    elif isinstance(value, (int, float)):
-        yield path, value
-    elif dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            yield from _numbers(getattr(value, f.name), f"{path}.{f.name}")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _numbers(item, f"{path}.{key}")
-
-
 def test_every_number_of_the_analog_section_is_a_sourced_figure():
     d = fresh("memristor:0?dac_bits=6")
-    numbers = list(_numbers(d.capabilities.sections["analog"]))
+    numbers = list(section_numbers(d.capabilities.sections["analog"], "analog"))
     bare = [path for path, value in numbers if not isinstance(value, Figure)]
     assert not bare, f"bare numbers without a source: {bare}"
     figures = dict(numbers)

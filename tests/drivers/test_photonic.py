@@ -1,12 +1,12 @@
 """PhotonicDevice (hal/drivers/photonic/driver.py, layers.py): conformance, bad input, tiling, options, hal.nn.convert."""
 
-import dataclasses
 import gc
 import math
 import weakref
 
 import pytest
 import torch
+from section_numbers import numbers as section_numbers
 from torch import nn
 
 import hal
@@ -380,25 +380,9 @@ def test_heater_power_figure_is_the_cost_model():
     assert f"heaters {heaters.value:.3g} W" in estimate.formula
 
 
-def _numbers(value, path="photonic"):
-    """Every (path, value) pair of a section that is a bare number or a Figure."""
-    if isinstance(value, Figure):
-        yield path, value
-    elif isinstance(value, bool) or value is None or isinstance(value, str):
-        return
-    elif isinstance(value, (int, float)):
-        yield path, value
-    elif dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            yield from _numbers(getattr(value, f.name), f"{path}.{f.name}")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _numbers(item, f"{path}.{key}")
-
-
 def test_every_number_of_the_photonic_section_is_a_sourced_figure():
     d = hal.device("photonic:0?N=16&adc_bits=6")
-    numbers = dict(_numbers(d.capabilities.sections["photonic"]))
+    numbers = dict(section_numbers(d.capabilities.sections["photonic"], "photonic"))
     bare = [path for path, value in numbers.items() if not isinstance(value, Figure)]
     assert not bare, f"bare numbers without a source: {bare}"
     assert numbers["photonic.readout.adc_bits"].source == "assumed:set by ?adc_bits=6"
