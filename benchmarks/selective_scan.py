@@ -283,26 +283,37 @@ def run_ssd(seqlen: int, shape: dict, timer: Timer, mamba: dict, device: str, dt
         def theirs():
             return fn(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=shape["chunk_size"], D=t["D"],
                       dt_bias=t["dt_bias"], dt_softplus=True)
-        row = dict(base, impl="mamba_ssm")
+        rows.append(_baseline_row(dict(base, impl="mamba_ssm"), theirs, ours, timer, leaves))
+    if loops:
+        rows += _loop_rows(base, (("torch_step_loop", ssd_loop(t)),
+                                  ("torch_compile_chunked", _compiled(ssd_ours(t, shape["chunk_size"], "torch")))), timer)
+    _print(rows)
+    return rows
+
+
+def _baseline_row(row: dict, theirs: Callable[[], torch.Tensor], ours: Callable[[], torch.Tensor], timer: Timer, leaves) -> dict:
+    """A library's row: its difference from ours, then its times (or the error it raised)."""
+    try:
+        with torch.no_grad():
+            row["rel_err_vs_ours"] = rel_err(theirs(), ours())
+    except Exception as e:  # noqa: BLE001 (a failing baseline is recorded, the others still run)
+        row["error"] = repr(e)[-400:]
+    if "error" not in row:
+        row.update(measure(timer, theirs, leaves, True))
+    return row
+
+
+def _loop_rows(base: dict, impls, timer: Timer) -> list[dict]:
+    """One forward timing per (name, callable) of the slow reference forms (or the error each raised)."""
+    rows = []
+    for impl, fn in impls:
+        row = dict(base, impl=impl)
         try:
             with torch.no_grad():
-                row["rel_err_vs_ours"] = rel_err(theirs(), ours())
-        except Exception as e:  # noqa: BLE001
+                row["fwd_ms"] = timer.once(fn)
+        except Exception as e:  # noqa: BLE001 (recorded per form)
             row["error"] = repr(e)[-400:]
-        if "error" not in row:
-            row.update(measure(timer, theirs, leaves, True))
         rows.append(row)
-    if loops:
-        for impl, fn in (("torch_step_loop", ssd_loop(t)),
-                         ("torch_compile_chunked", _compiled(ssd_ours(t, shape["chunk_size"], "torch")))):
-            row = dict(base, impl=impl)
-            try:
-                with torch.no_grad():
-                    row["fwd_ms"] = timer.once(fn)
-            except Exception as e:  # noqa: BLE001
-                row["error"] = repr(e)[-400:]
-            rows.append(row)
-    _print(rows)
     return rows
 
 
@@ -333,24 +344,9 @@ def run_s6(seqlen: int, shape: dict, timer: Timer, mamba: dict, device: str, dty
         def theirs():
             return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], delta_bias=t["delta_bias"],
                       delta_softplus=True)
-        row = dict(base, impl="mamba_ssm_cuda")
-        try:
-            with torch.no_grad():
-                row["rel_err_vs_ours"] = rel_err(theirs(), ours())
-        except Exception as e:  # noqa: BLE001
-            row["error"] = repr(e)[-400:]
-        if "error" not in row:
-            row.update(measure(timer, theirs, leaves, True))
-        rows.append(row)
+        rows.append(_baseline_row(dict(base, impl="mamba_ssm_cuda"), theirs, ours, timer, leaves))
     if loops:
-        for impl, fn in (("torch_step_loop", s6_loop(t)), ("torch_compile_chunked", _compiled(s6_ours(t, "torch")))):
-            row = dict(base, impl=impl)
-            try:
-                with torch.no_grad():
-                    row["fwd_ms"] = timer.once(fn)
-            except Exception as e:  # noqa: BLE001
-                row["error"] = repr(e)[-400:]
-            rows.append(row)
+        rows += _loop_rows(base, (("torch_step_loop", s6_loop(t)), ("torch_compile_chunked", _compiled(s6_ours(t, "torch")))), timer)
     _print(rows)
     return rows
 
