@@ -12,10 +12,11 @@ it has not been measured here.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from hal.kernels import interpreting
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,6 @@ INTERPRETER = ArchConfigs(
 
 ARCHITECTURES: dict[str, ArchConfigs] = {"hopper": HOPPER, "blackwell": BLACKWELL, "interpreter": INTERPRETER}
 
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def detect_arch(device: torch.device | None = None) -> str:

@@ -17,13 +17,10 @@ import sys
 
 import torch
 
-from ..cubin import register_usage
+from ..cubin import SM90_MAX_SHARED_BYTES, register_usage
 from . import patterns
 from .configs import HOPPER, TileConfig, interpreting
 from .kernel import _PINGPONG_REGS, AttentionKernel, compile_attention
-
-# Shared memory one block may use on compute capability 9.0 (CUDA C++ Programming Guide, technical specifications).
-SM90_MAX_SHARED_BYTES = 227 * 1024
 
 
 def compile_forward(attn: AttentionKernel, config: TileConfig):

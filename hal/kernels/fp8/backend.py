@@ -8,16 +8,13 @@ casts inductor fuses into its own kernels from the torch reference.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 
+from hal.kernels import interpreting
+
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-
-def interpreting() -> bool:
-    """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def triton_runs(device: torch.device) -> bool:

@@ -20,7 +20,7 @@ Under TRITON_INTERPRET=1 one small config runs, so tests at small sizes cross se
 
 from __future__ import annotations
 
-import os
+from hal.kernels import interpreting
 
 #: (BLOCK_N, BLOCK_K, num_warps, num_stages) for small M; BLOCK_M comes from the row count.
 SMALL_M_TILES: tuple[tuple[int, int, int, int], ...] = (
@@ -38,10 +38,6 @@ SMALL_M_MAX = 64
 #: The autotuner's timing per config (ms): short, because a decode-sized kernel runs for microseconds.
 TUNE_WARMUP_MS, TUNE_REP_MS = 5, 25
 
-
-def interpreting() -> bool:
-    """Whether TRITON_INTERPRET=1 is set (Triton reads it when the kernel module is imported: set it before)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def m_bucket(m: int) -> int:

@@ -12,14 +12,12 @@ It must run in a process without TRITON_INTERPRET=1 (the interpreter replaces th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
 
-from ..cubin import register_usage
+from ..cubin import SM90_MAX_SHARED_BYTES, register_usage, report_rows
 from . import configs
 
-SM90_MAX_SHARED_BYTES = 227 * 1024  # per block, compute capability 9.0 (CUDA C++ Programming Guide, tech. specs)
 #: What Triton specialises at the benchmark shapes (K, N multiples of 16; 1-D parameters contiguous): these ints
 #: are multiples of 16, as are the pointers (torch allocations), and the 1-D strides are the constant 1.
 ALIGNED_INTS = {"K", "N0", "N1", "N2", "s_xm", "s_w0", "s_w1", "s_w2", "s_rm", "s_om"}
@@ -79,6 +77,10 @@ def cases(quick: bool) -> Iterator[tuple[str, dict, int, int]]:
                     warps, stages
 
 
+def _row(name_key: str, tile_key: str, name: str, constants: dict, warps: int, stages: int) -> dict:
+    return {name_key: name, tile_key: {k: v for k, v in constants.items() if k.startswith("BLOCK")}, "num_warps": warps, "num_stages": stages}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="the first tile of each row bucket")
@@ -86,17 +88,9 @@ def main() -> int:
     if configs.interpreting():
         print("offline compilation needs a process without TRITON_INTERPRET=1", file=sys.stderr)
         return 2
-    failed = 0
-    for name, constants, warps, stages in cases(args.quick):
-        row = {"variant": name, "tile": {k: v for k, v in constants.items() if k.startswith("BLOCK")},
-               "num_warps": warps, "num_stages": stages}
-        try:
-            row.update(resources(compile_kernel(constants, warps, stages)))
-        except Exception as e:  # noqa: BLE001  (reported per config; the caller decides)
-            row["error"] = repr(e)[-600:]
-            failed += 1
-        print(json.dumps(row), flush=True)
-    return 1 if failed else 0
+    rows = ((_row("variant", "tile", name, constants, warps, stages), lambda c=constants, w=warps, s=stages: resources(compile_kernel(c, w, s)))
+            for name, constants, warps, stages in cases(args.quick))
+    return report_rows(rows)
 
 
 if __name__ == "__main__":

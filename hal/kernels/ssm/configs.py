@@ -16,13 +16,9 @@ Under TRITON_INTERPRET=1 every kernel has one small config, so tests cross sever
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (read once, when a kernel module is imported)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from hal.kernels import interpreting
 
 
 @dataclass(frozen=True)

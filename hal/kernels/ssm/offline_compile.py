@@ -12,14 +12,12 @@ It must run in a process without TRITON_INTERPRET=1 (the interpreter replaces th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
 
-from ..cubin import register_usage
+from ..cubin import SM90_MAX_SHARED_BYTES, register_usage, report_rows
 from . import configs
 
-SM90_MAX_SHARED_BYTES = 227 * 1024  # per block, compute capability 9.0 (CUDA C++ Programming Guide, tech. specs)
 _FP32_POINTERS = {"A_ptr", "D_ptr", "bias_ptr", "dt_bias_ptr", "states_ptr", "last_ptr", "dlast_ptr", "init_ptr",
                   "final_ptr", "dfinal_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "ddt_ptr",
                   "dinit_ptr", "seg_state_ptr", "seg_decay_ptr", "seg_adj_ptr"}
@@ -92,6 +90,10 @@ def cases(quick: bool) -> Iterator[tuple[str, object, dict, int, int]]:
                 tile.num_stages
 
 
+def _row(name_key: str, tile_key: str, name: str, constants: dict, warps: int, stages: int) -> dict:
+    return {name_key: name, tile_key: {k: v for k, v in constants.items() if k.startswith("BLOCK")}, "num_warps": warps, "num_stages": stages}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one config per kernel")
@@ -99,17 +101,9 @@ def main() -> int:
     if configs.interpreting():
         print("offline compilation needs a process without TRITON_INTERPRET=1", file=sys.stderr)
         return 2
-    failed = 0
-    for name, fn, constants, warps, stages in cases(args.quick):
-        row = {"kernel": name, "config": {k: v for k, v in constants.items() if k.startswith("BLOCK")},
-               "num_warps": warps, "num_stages": stages}
-        try:
-            row.update(resources(compile_kernel(fn, constants, warps, stages)))
-        except Exception as e:  # noqa: BLE001  (reported per config; the caller decides)
-            row["error"] = repr(e)[-600:]
-            failed += 1
-        print(json.dumps(row), flush=True)
-    return 1 if failed else 0
+    rows = ((_row("kernel", "config", name, constants, warps, stages), lambda f=fn, c=constants, w=warps, s=stages: resources(compile_kernel(f, c, w, s)))
+            for name, fn, constants, warps, stages in cases(args.quick))
+    return report_rows(rows)
 
 
 if __name__ == "__main__":
