@@ -2,20 +2,12 @@
 
 ``$HAL_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/hal``, else ``~/.cache/hal``. Every entry a driver writes there is
 keyed by everything its value depends on (never by an object's ``id()``), so a stale entry is derived again, not
-served; deleting the folder only costs the time to measure again.
+served; deleting the folder only costs the time to measure again. The function lives in ``hal.kernels.cache_dir``
+(the kernels write there too and import nothing of hal above them); this is its name for everything else.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from hal.kernels.cache_dir import CACHE_DIR_VARIABLE, cache_dir
 
-CACHE_DIR_VARIABLE = "HAL_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """The folder of hal's caches (not created here: writers create what they need and skip it when they cannot)."""
-    override = os.environ.get(CACHE_DIR_VARIABLE)
-    if override:
-        return Path(override)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hal"
+__all__ = ["CACHE_DIR_VARIABLE", "cache_dir"]

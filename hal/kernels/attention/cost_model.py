@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hal.capability.figures import Figure
-
 from .configs import TileConfig
 
 _FIT = ("relative least-squares fit (benchmarks/attention.py --fit-cost-model) to the autotuning timings of "
@@ -34,19 +32,34 @@ _H100_SMS = 132  # the card the fit ran on (datasheet: NVIDIA H100 Tensor Core G
 
 
 @dataclass(frozen=True)
+class Coefficient:
+    """One fitted number with its provenance, written as hal.capability's Figures write theirs (``derived:<how>`` or
+    ``assumed:<why>``); kernels import torch and triton only, so the cost model keeps its own small record."""
+
+    value: float
+    unit: str
+    source: str
+    note: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``derived`` (fitted) or ``assumed`` (taken from the nearest measured family)."""
+        return self.source.split(":", 1)[0]
+
+
+@dataclass(frozen=True)
 class FamilyCost:
     """The three figures of one kernel family (see the module docstring)."""
 
-    rate_per_sm: Figure      # FLOP/s of one SM on full tiles
-    partial_factor: Figure   # cost of a partial tile / cost of a full one
-    overhead_s: Figure       # fixed seconds per program, per SM
+    rate_per_sm: Coefficient      # FLOP/s of one SM on full tiles
+    partial_factor: Coefficient   # cost of a partial tile / cost of a full one
+    overhead_s: Coefficient       # fixed seconds per program, per SM
 
 
 def _fitted(rate_tflops_gpu: float, partial: float, overhead_us: float, note: str = "") -> FamilyCost:
-    return FamilyCost(Figure.derived(rate_tflops_gpu * 1e12 / _H100_SMS, "FLOP/s", f"{_FIT}; GPU rate / 132 SMs",
-                                     note),
-                      Figure.derived(partial, "ratio", _FIT, note),
-                      Figure.derived(overhead_us * 1e-6, "s", _FIT, note))
+    return FamilyCost(Coefficient(rate_tflops_gpu * 1e12 / _H100_SMS, "FLOP/s", f"derived:{_FIT}; GPU rate / 132 SMs", note),
+                      Coefficient(partial, "ratio", f"derived:{_FIT}", note),
+                      Coefficient(overhead_us * 1e-6, "s", f"derived:{_FIT}", note))
 
 
 # (kernel, family) -> figures. Families: "pingpong" (Gluon, two consumer warpgroups), "gluon" (Gluon, one
@@ -91,7 +104,7 @@ def family_cost(kernel: str, config: TileConfig) -> FamilyCost:
 
     near_name, near = min(same_kind, key=distance)
     why = f"assumed:family {name} of the {kernel} kernel not measured; the coefficients of {near_name}"
-    return FamilyCost(*(Figure(f.value, f.unit, why) for f in (near.rate_per_sm, near.partial_factor, near.overhead_s)))
+    return FamilyCost(*(Coefficient(f.value, f.unit, why) for f in (near.rate_per_sm, near.partial_factor, near.overhead_s)))
 
 
 def _is_gluon(family_name: str) -> bool:

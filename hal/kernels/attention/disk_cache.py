@@ -10,7 +10,7 @@
 * ``triton/``: Triton's compiled kernels (cubins and metadata) of the launches that compile, unless the user
   chose a folder with ``TRITON_CACHE_DIR``.
 
-The cache dir is hal's (``HAL_CACHE_DIR``, see :mod:`hal.cache`). When it cannot be written, modules go to a
+The cache dir is hal's (``HAL_CACHE_DIR``, see :mod:`hal.cache`, defined in :mod:`hal.kernels.cache_dir`). When it cannot be written, modules go to a
 temporary folder that is removed when the process exits, and tuning is kept in memory only.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hal.cache import cache_dir
+from ..cache_dir import cache_dir
 
 FORMAT = 1  # bumped when the layout of a tuning file changes
 
