@@ -72,16 +72,20 @@ class FakeDevice(Device):
         fn, attrs = TORCH_OPS[op.name], dict(op.attrs)
 
         def run(*inputs: torch.Tensor) -> torch.Tensor:
-            with self._count:
-                self.calls += 1
-                calls = self.calls
-            if self.fail_on_call is not None and calls >= self.fail_on_call:
-                raise DeviceFailure(f"{self.uri}: injected link loss")
-            if self.on_run is not None:
-                self.on_run(op)
+            self._called(op)
             return fn(inputs, params, attrs)
 
         return Program(op, self, self.estimate(op), run)
+
+    def _called(self, op: OpSpec) -> None:
+        """Count a Program call; fail it from call ``fail_on_call`` on; tell ``on_run``."""
+        with self._count:
+            self.calls += 1
+            calls = self.calls
+        if self.fail_on_call is not None and calls >= self.fail_on_call:
+            raise DeviceFailure(f"{self.uri}: injected link loss")
+        if self.on_run is not None:
+            self.on_run(op)
 
     def claim(self, sub: Subgraph) -> Support:
         if not self.claim_ops:
@@ -101,13 +105,7 @@ class FakeDevice(Device):
         spec = sub.as_opspec()
 
         def run(*inputs: torch.Tensor):
-            with self._count:
-                self.calls += 1
-                calls = self.calls
-            if self.fail_on_call is not None and calls >= self.fail_on_call:
-                raise DeviceFailure(f"{self.uri}: injected link loss")
-            if self.on_run is not None:
-                self.on_run(spec)
+            self._called(spec)
             return run_wired(sub, steps, inputs)
 
         program = Program(spec, self, self.estimate_subgraph(sub), run)
