@@ -36,11 +36,11 @@ keeps the active half of both signal and error) at the same relative size.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from hal.capability.error_budget import ErrorBudget
 from hal.drivers.memristor import pcm
 from hal.drivers.memristor.config import CrossbarConfig
 from hal.drivers.memristor.tile import TileGrid
@@ -60,23 +60,6 @@ FORMULA = (
     "IR drop E[g^2 (f F/c - 1)^2], stuck p_gmin+p_gmax, each over E[u^2] S^2; DAC E[(x-Q(x))^2]/E[x^2]; output noise, "
     "ADC (FS/steps)^2/12 and saturation over k E[x^2] E[u^2]) for Gaussian weights and inputs (docs/memristor.md)"
 )
-
-
-@dataclass(frozen=True)
-class ErrorBudget:
-    """The relative variance each effect adds to one product, and their total (the expected relative error)."""
-
-    inputs: int
-    terms: dict[str, float]
-
-    @property
-    def error(self) -> float:
-        """Expected relative Frobenius error: the root of the summed relative variances."""
-        return math.sqrt(sum(self.terms.values()))
-
-    def largest(self) -> str:
-        """The term that contributes most."""
-        return max(self.terms, key=self.terms.__getitem__)
 
 
 def _normal_cdf(z: torch.Tensor) -> torch.Tensor:
@@ -143,7 +126,7 @@ class AccuracyModel:
         for j, (inputs, outputs) in enumerate(shapes):
             layer = self.budget(inputs, outputs, dac_rounding=j == 0, adc_rounding=j == last)
             terms.update({(name if last == 0 else f"{name} (layer {j})"): value for name, value in layer.terms.items()})
-        return ErrorBudget(shapes[0][0], terms)
+        return ErrorBudget(terms, inputs=shapes[0][0])
 
     def worst(self, max_inputs: int) -> ErrorBudget:
         """The largest expected error over reduction lengths 1, 2, 4, ... up to ``max_inputs`` on full-width tiles."""
@@ -173,7 +156,7 @@ class AccuracyModel:
         blocks = [(tile.rows, full)] + ([(last, 1)] if last else [])
         signal = sum(k * x2 * self._mean_square_magnitude(k) * count for k, count in blocks) / grid.row_blocks
         terms.update(self._read_terms(signal, read_gain, adc_rounding))
-        return ErrorBudget(inputs, terms)
+        return ErrorBudget(terms, inputs=inputs)
 
     def _weight_terms(self, u: torch.Tensor, rows: int, cols: int) -> tuple[dict[str, float], float]:
         """Variances (normalised weight units^2) the conductances add, averaged over the magnitudes ``u``, and the

@@ -43,8 +43,9 @@ from torch import nn
 
 from hal import ops as vocabulary
 from hal.capability import Capabilities, Figure, Paradigm
+from hal.capability.error_budget import ErrorBudget
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, TensorSpec, bounded_float, bounded_int, parse_bool
-from hal.drivers.memristor.accuracy import AccuracyModel, ErrorBudget
+from hal.drivers.memristor.accuracy import AccuracyModel
 from hal.drivers.memristor.allocator import TileAllocator
 from hal.drivers.memristor.capabilities import OPS, build_capabilities
 from hal.drivers.memristor.chain import chain_grids, chain_problem

@@ -18,11 +18,9 @@ steps. Averages over the inputs use a fixed sample of Gaussian vectors.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
+from hal.capability.error_budget import ErrorBudget
 from hal.drivers.photonic.imperfections import ELEMENTARY_CHARGE_C
 from hal.drivers.photonic.processor import PhotonicMatrix, Tile
 from hal.drivers.photonic.readout import Receiver
@@ -37,20 +35,6 @@ FORMULA = (
     "(RMS over wavelengths), noise = 10^(-snr_db/20) sqrt(rows / (E[x~^2] ||W/s||_F^2)), adc = E[(v - Q(v))^2] over "
     "Gaussian outputs with FS_i = sum_j |W_ij/s| (intensity detection: |y|^2 readings); docs/photonic.md"
 )
-
-
-@dataclass(frozen=True)
-class ErrorBudget:
-    """The relative variance each effect adds to one product, and their total (the expected relative error)."""
-
-    terms: dict[str, float]
-
-    @property
-    def error(self) -> float:
-        return math.sqrt(sum(self.terms.values()))
-
-    def largest(self) -> str:
-        return max(self.terms, key=self.terms.__getitem__)
 
 
 class AccuracyModel:

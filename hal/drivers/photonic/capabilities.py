@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from hal.capability import Capabilities, Figure, OpSupport, Paradigm
+from hal.capability.error_budget import ErrorBudget
 from hal.capability.photonic import MeshLayout, PhotonicSection, Readout
-from hal.drivers.photonic.accuracy import FORMULA, ErrorBudget
+from hal.drivers.photonic.accuracy import FORMULA
 from hal.drivers.photonic.decompose import layout_depth
 from hal.drivers.photonic.energy import heater_power_w, laser_power_w, loss_budget_db, mesh_loss_db
 from hal.drivers.photonic.imperfections import SPEED_OF_LIGHT_M_S

@@ -44,8 +44,9 @@ import torch
 from torch import nn
 
 from hal.capability import Capabilities, Figure, Paradigm
+from hal.capability.error_budget import ErrorBudget
 from hal.device import Check, Cost, Device, DeviceInfo, OpSpec, Option, Program, Support, bounded_int, choice, parse_bool
-from hal.drivers.photonic.accuracy import AccuracyModel, ErrorBudget
+from hal.drivers.photonic.accuracy import AccuracyModel
 from hal.drivers.photonic.capabilities import DTYPES, build_capabilities, heater_count
 from hal.drivers.photonic.chain import ComposedTile, chain_problem, folded_bias, plan_segments, reference_weights, relus_of
 from hal.drivers.photonic.decompose import layout_depth
