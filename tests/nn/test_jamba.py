@@ -8,21 +8,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from router_stub import FixedRouter
 
 from hal.errors import CapacityExceeded, DTypeError, InvalidInput, ShapeError
 from hal.nn.jamba import JAMBA_1B, CausalSelfAttention, Jamba, JambaConfig
 from hal.nn.moe import MoE, Routing, TopKRouter, load_balancing_loss
-
-
-class FixedRouter(torch.nn.Module):
-    """A router stub that returns a given routing, whatever the tokens."""
-
-    def __init__(self, routing):
-        super().__init__()
-        self.routing, self.top_k = routing, routing.indices.shape[1]
-
-    def forward(self, x):
-        return self.routing
 
 
 # ------------------------------------------------------------------------------------------------------------ MoE

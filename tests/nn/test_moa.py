@@ -3,6 +3,7 @@ full forward, causality, the load-balancing loss and gradients, bad input."""
 
 import pytest
 import torch
+from router_stub import FixedRouter
 
 from hal.errors import InvalidInput, ShapeError
 from hal.nn.jamba import CausalSelfAttention
@@ -13,15 +14,6 @@ from hal.nn.moe import Routing
 D_MODEL = 16
 
 
-class FixedRouter(torch.nn.Module):
-    """A router stub that returns a given routing, whatever the tokens."""
-
-    def __init__(self, routing):
-        super().__init__()
-        self.routing, self.top_k = routing, routing.indices.shape[1]
-
-    def forward(self, x):
-        return self.routing
 
 
 def _moa(top_k=1, ssm="mamba"):
