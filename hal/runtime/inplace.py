@@ -5,8 +5,10 @@ torch.fx records ``x.mul_(2)`` or ``nn.ReLU(inplace=True)`` as ordinary nodes; w
 sharing the written storage (the input itself, its views) is not in the data flow. Capture asks three things:
 
 * ``written_operand(module, node)``: the value a node writes in place, or None. It writes its first operand when
-  it is a ``*_`` method or function (``x.mul_(2)``, ``torch.relu_(x)``), is called with ``inplace=True``, or is a
-  module whose ``inplace`` attribute is true; it writes its ``out=`` tensor when given one;
+  it is a ``*_`` method or function (``x.mul_(2)``, ``torch.relu_(x)``), an item assignment or an augmented
+  assignment (``x[i] = v``, ``x += 1``: ``operator.setitem`` / ``operator.iadd`` ... in Dynamo's graphs), is called
+  with ``inplace=True``, or is a module whose ``inplace`` attribute is true; it writes its ``out=`` tensor when given
+  one;
 * ``Aliases``: which values may share storage, by a rule that needs no shapes and errs towards sharing: a
   vocabulary op returns a fresh tensor; any other step (a host step, an in-place op) may return a view of any
   tensor it reads; constants that are one tensor share. ``observable(node, written)`` then says whether doing
@@ -24,6 +26,7 @@ never lets one reach a caller's tensor (it copies inputs that host steps read).
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +42,14 @@ def referenced(*structures: Any) -> list[fx.Node]:
     found: dict[fx.Node, None] = {}
     fx.node.map_arg(structures, lambda r: found.setdefault(r))
     return list(found)
+
+
+#: Functions that write their first operand whatever their name: ``x[i] = v`` and the augmented assignments, which
+#: Dynamo records as ``operator.setitem`` / ``operator.iadd`` ... and which are in place on tensors.
+_WRITING_FUNCTIONS = frozenset({
+    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+    operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift, operator.imatmul,
+})
 
 
 def _in_place_name(name: Any) -> bool:
@@ -71,7 +82,7 @@ def written_operand(module: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     elif node.op == "call_method":
         writes = _in_place_name(node.target)
     elif node.op == "call_function":
-        writes = _in_place_name(getattr(node.target, "__name__", None)) or _inplace_flag(node)
+        writes = node.target in _WRITING_FUNCTIONS or _in_place_name(getattr(node.target, "__name__", None)) or _inplace_flag(node)
     else:
         writes = False
     return first if writes else None

@@ -152,6 +152,31 @@ def test_in_place_writes_reach_the_caller_as_in_eager():
     torch.testing.assert_close(mine, theirs)  # the caller's tensor doubled, once
 
 
+class AugmentedWrites(nn.Module):
+    """Writes two inputs the way Dynamo records as operator.iadd and operator.setitem."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, total, cache):
+        total += 1
+        cache[:, 0] = self.fc(x)
+        return self.fc(x) * 2
+
+
+def test_augmented_and_item_assignments_to_inputs_reach_the_caller_as_in_eager():
+    model = seeded(AugmentedWrites)
+    compiled = torch.compile(model, backend=Recorder(), options=PLACE)
+    x = torch.randn(3, 4)
+    mine, theirs = (torch.zeros(1), torch.zeros(3, 2, 4)), (torch.zeros(1), torch.zeros(3, 2, 4))
+    with torch.no_grad():
+        out, ref = compiled(x, *mine), model(x, *theirs)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(mine[0], theirs[0])  # total += 1 once, in the caller's tensor
+    torch.testing.assert_close(mine[1], theirs[1])
+
+
 def test_batch_norm_statistics_update_once_per_call():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU())
